@@ -1,0 +1,194 @@
+//! Node configuration: pools, admission ratio, rdma cgroup defaults. Read from TOML; unknown keys are
+//! refused so a misspelt setting never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{CoreError, Result};
+use crate::rate::Rate;
+use crate::request::is_dns_label;
+
+/// Pool that holds every PF not named by a configured pool.
+pub const DEFAULT_POOL: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Fraction of each PF's line rate that may be guaranteed, in (0, 1].
+    #[serde(default = "one")]
+    pub admission_ratio: f64,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+    /// Line rate for PFs whose driver does not report a speed (or to admit less than it reports).
+    #[serde(default)]
+    pub pf_speed: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rdma_cgroup: RdmaCgroupDefaults,
+    /// Where the host's cgroup filesystem is mounted (decides whether rdma.max can be set).
+    #[serde(default = "default_cgroup_root")]
+    pub cgroup_root: PathBuf,
+    /// Seconds between sysfs rescans; discovery never runs on the CreateContainer path.
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub pfs: Vec<String>,
+}
+
+/// Node defaults for the rdma cgroup, used when a pod sets no `hca-handles`/`hca-objects`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdmaCgroupDefaults {
+    pub hca_handles: Option<u32>,
+    pub hca_objects: Option<u32>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn default_cgroup_root() -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup")
+}
+fn default_refresh() -> u64 {
+    30
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            admission_ratio: 1.0,
+            pools: Vec::new(),
+            pf_speed: BTreeMap::new(),
+            rdma_cgroup: RdmaCgroupDefaults::default(),
+            cgroup_root: default_cgroup_root(),
+            refresh_seconds: default_refresh(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses and validates; `origin` names the source (a path, or "NRI Configure") in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<NodeConfig> {
+        let bad = |reason: String| CoreError::Config {
+            origin: origin.to_string(),
+            reason,
+        };
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        if !(cfg.admission_ratio > 0.0 && cfg.admission_ratio <= 1.0) {
+            return Err(bad(format!(
+                "admission_ratio = {} is out of range: use a number in (0, 1]",
+                cfg.admission_ratio
+            )));
+        }
+        let mut seen_pf: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut seen_pool = std::collections::BTreeSet::new();
+        for pool in &cfg.pools {
+            if !is_dns_label(&pool.name) {
+                return Err(bad(format!(
+                    "pool name {:?} is not a DNS label (lowercase letters, digits, '-')",
+                    pool.name
+                )));
+            }
+            if !seen_pool.insert(pool.name.as_str()) {
+                return Err(bad(format!("pool {:?} is defined twice", pool.name)));
+            }
+            for pf in &pool.pfs {
+                if let Some(other) = seen_pf.insert(pf, &pool.name) {
+                    return Err(bad(format!(
+                        "PF {pf:?} is in both pool {other:?} and pool {:?}",
+                        pool.name
+                    )));
+                }
+            }
+        }
+        for (pf, speed) in &cfg.pf_speed {
+            Rate::parse(speed).map_err(|e| bad(format!("pf_speed.{pf}: {e}")))?;
+        }
+        for (key, v) in [
+            ("hca_handles", cfg.rdma_cgroup.hca_handles),
+            ("hca_objects", cfg.rdma_cgroup.hca_objects),
+        ] {
+            if v.is_some_and(|n| n == 0 || n > i32::MAX as u32) {
+                return Err(bad(format!(
+                    "rdma_cgroup.{key} must be a whole number from 1 to 2147483647"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CoreError::io("reading node config", path, e))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The pool a PF belongs to.
+    pub fn pool_of(&self, pf: &str) -> &str {
+        self.pools
+            .iter()
+            .find(|p| p.pfs.iter().any(|n| n == pf))
+            .map_or(DEFAULT_POOL, |p| p.name.as_str())
+    }
+
+    /// Configured speed override for a PF, in Mbps (validated at load).
+    pub fn speed_override(&self, pf: &str) -> Option<u64> {
+        self.pf_speed
+            .get(pf)
+            .and_then(|s| Rate::parse(s).ok())
+            .map(Rate::mbps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_default() {
+        assert_eq!(
+            NodeConfig::from_toml("", "t").unwrap(),
+            NodeConfig::default()
+        );
+    }
+
+    #[test]
+    fn pools_and_overrides() {
+        let c = NodeConfig::from_toml(
+            "admission_ratio = 0.9\n[[pool]]\nname = \"fabric-a\"\npfs = [\"ens1f0\"]\n[pf_speed]\nens1f1 = \"25G\"\n[rdma_cgroup]\nhca_handles = 8\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.pool_of("ens1f0"), "fabric-a");
+        assert_eq!(c.pool_of("ens1f1"), DEFAULT_POOL);
+        assert_eq!(c.speed_override("ens1f1"), Some(25_000));
+        assert_eq!(c.rdma_cgroup.hca_handles, Some(8));
+    }
+
+    #[test]
+    fn refusals_are_one_line_and_name_the_problem() {
+        for (text, needle) in [
+            ("admission_ratio = 1.5", "admission_ratio"),
+            ("admision_ratio = 0.5", "admision_ratio"),
+            ("[[pool]]\nname = \"A\"\npfs = []", "DNS label"),
+            (
+                "[[pool]]\nname = \"a\"\npfs = [\"x\"]\n[[pool]]\nname = \"b\"\npfs = [\"x\"]",
+                "both pool",
+            ),
+            ("[pf_speed]\nx = \"fast\"", "pf_speed.x"),
+            ("[rdma_cgroup]\nhca_objects = 0", "hca_objects"),
+        ] {
+            let e = NodeConfig::from_toml(text, "node.toml")
+                .expect_err(text)
+                .to_string();
+            assert!(e.contains(needle) && e.contains("node.toml"), "{e}");
+            assert!(!e.trim_end().contains('\n'), "{e}");
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The allocation ledger: which pod holds which VF and how much guaranteed bandwidth.
+//!
+//! Admission keeps, per PF, the sum of guarantees <= line rate x admission ratio, and gives each pod
+//! one VF. The ledger is written to disk (temp file, fsync, rename, fsync dir) before a decision is
+//! returned, so a crash at any point leaves either the old or the new state, never a torn one; an
+//! exclusive lock on the state dir keeps two plugins from booking the same VFs. After a (re)connect
+//! the plugin reconciles it with containerd's list of live pods.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::allocation::AllocationRecord;
+use crate::error::{CoreError, Result};
+use crate::inventory::{Inventory, PfInv, PoolInv};
+use crate::rate::format_mbps;
+use crate::request::{Request, KEY_POOL};
+
+const LEDGER_FILE: &str = "ledger.json";
+const LOCK_FILE: &str = "ledger.lock";
+const FORMAT_VERSION: u32 = 1;
+
+/// The pod an allocation belongs to. `id` is the CRI sandbox id, the key containerd uses everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub id: String,
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub pod: PodRef,
+    pub record: AllocationRecord,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LedgerFile {
+    version: u32,
+    /// Keyed by pod sandbox id.
+    held: BTreeMap<String, Held>,
+}
+
+/// Per-pool figures, for status output and node reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolUsage {
+    pub pool: String,
+    pub capacity_mbps: u64,
+    pub guaranteed_mbps: u64,
+    pub pods: usize,
+    pub vfs_total: usize,
+    pub vfs_free: usize,
+}
+
+/// What a reconcile changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Pods that are gone: their VFs and bandwidth were freed.
+    pub released: Vec<PodRef>,
+    /// Allocations found on live containers but missing from the ledger: taken back in.
+    pub adopted: Vec<PodRef>,
+    /// Allocations found on live containers whose VF the ledger gives to another pod: left alone.
+    pub conflicts: Vec<PodRef>,
+}
+
+pub struct Ledger {
+    dir: PathBuf,
+    held: BTreeMap<String, Held>,
+    _lock: Flock<File>,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `state_dir` and takes its lock.
+    pub fn open(state_dir: &Path) -> Result<Ledger> {
+        fs::create_dir_all(state_dir)
+            .map_err(|e| CoreError::io("creating state dir", state_dir, e))?;
+        let lock_path = state_dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| CoreError::io("opening", &lock_path, e))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| CoreError::Config {
+            origin: state_dir.display().to_string(),
+            reason: format!("the ledger is locked by another process ({errno}); run one plugin per state dir"),
+        })?;
+        let path = state_dir.join(LEDGER_FILE);
+        let held = match fs::read(&path) {
+            Ok(bytes) => {
+                let file: LedgerFile =
+                    serde_json::from_slice(&bytes).map_err(|e| CoreError::LedgerCorrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if file.version != FORMAT_VERSION {
+                    return Err(CoreError::LedgerCorrupt {
+                        path,
+                        reason: format!("format version {} is not {FORMAT_VERSION}", file.version),
+                    });
+                }
+                file.held
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(CoreError::io("reading", path, e)),
+        };
+        Ok(Ledger {
+            dir: state_dir.to_path_buf(),
+            held,
+            _lock: lock,
+        })
+    }
+
+    pub fn get(&self, pod_id: &str) -> Option<&Held> {
+        self.held.get(pod_id)
+    }
+
+    pub fn held(&self) -> impl Iterator<Item = &Held> {
+        self.held.values()
+    }
+
+    /// Admits the pod and books a VF, or says why not. A pod that already holds a VF gets the same
+    /// record again (its second container, or a retry), so this is idempotent. `finish` completes
+    /// the record (e.g. the rdma cgroup note) before it is written.
+    pub fn admit(
+        &mut self,
+        inv: &Inventory,
+        pod: &PodRef,
+        req: &Request,
+        finish: impl FnOnce(&mut AllocationRecord),
+    ) -> Result<(AllocationRecord, bool)> {
+        if let Some(h) = self.held.get(&pod.id) {
+            return Ok((h.record.clone(), false));
+        }
+        let pools: Vec<&PoolInv> = match &req.pool {
+            Some(name) => vec![inv.pool(name).ok_or_else(|| {
+                let known: Vec<&str> = inv.pools.iter().map(|p| p.name.as_str()).collect();
+                CoreError::NotFound(format!(
+                    "{KEY_POOL}={name:?} names no pool on this node; pools here: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })?],
+            None => inv.pools.iter().collect(),
+        };
+        let ask = req.guaranteed_mbps();
+        // Policy: the PF with the most guaranteed headroom that still fits the pod (spreads load
+        // and keeps the largest gaps open for big pods elsewhere); ties go to the PF with fewer
+        // pods, then to configuration order. Within the PF, the lowest free VF index.
+        let mut best: Option<(u64, usize, &PoolInv, &PfInv, u32)> = None;
+        for pool in &pools {
+            for pf in &pool.pfs {
+                let (held_mbps, pods) = self.pf_load(&pf.name);
+                let headroom = pf.capacity_mbps.saturating_sub(held_mbps);
+                let Some(vf) = pf
+                    .vfs
+                    .iter()
+                    .map(|v| v.index)
+                    .find(|i| !self.vf_taken(&pf.name, *i))
+                else {
+                    continue;
+                };
+                if headroom < ask {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((h, n, ..)) => headroom > h || (headroom == h && pods < n),
+                };
+                if better {
+                    best = Some((headroom, pods, pool, pf, vf));
+                }
+            }
+        }
+        let Some((_, _, pool, pf, vf_index)) = best else {
+            return Err(CoreError::Insufficient(self.refusal(&pools, req)));
+        };
+        let vf = pf
+            .vfs
+            .iter()
+            .find(|v| v.index == vf_index)
+            .ok_or_else(|| CoreError::NotFound("VF vanished".into()))?;
+        let limit =
+            req.limit
+                .map(|r| r.mbps())
+                .unwrap_or(if ask > 0 { ask } else { pf.line_rate_mbps });
+        let mut record = AllocationRecord {
+            pool: pool.name.clone(),
+            pf: pf.name.clone(),
+            vf: vf.index,
+            vf_pci: vf.pci.clone(),
+            rdma_device: vf.rdma_device.clone(),
+            netdev: vf.netdev.clone(),
+            guaranteed_mbps: ask,
+            // A VF cannot go faster than its PF's line.
+            limit_mbps: limit.min(pf.line_rate_mbps),
+            uverbs: vf.uverbs.dev_path(),
+            rdma_cgroup: String::new(),
+        };
+        finish(&mut record);
+        self.held.insert(
+            pod.id.clone(),
+            Held {
+                pod: pod.clone(),
+                record: record.clone(),
+            },
+        );
+        if let Err(e) = self.persist() {
+            self.held.remove(&pod.id);
+            return Err(e);
+        }
+        Ok((record, true))
+    }
+
+    /// Frees the pod's VF and bandwidth. Idempotent: an unknown pod is not an error.
+    pub fn release(&mut self, pod_id: &str) -> Result<Option<Held>> {
+        let Some(h) = self.held.remove(pod_id) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.persist() {
+            self.held.insert(pod_id.to_string(), h);
+            return Err(e);
+        }
+        Ok(Some(h))
+    }
+
+    /// Brings the ledger in line with the pods containerd says are alive: frees what belongs to
+    /// gone pods and takes back allocations recorded on live containers that the ledger lacks
+    /// (e.g. a lost state dir), unless their VF is already booked.
+    pub fn reconcile(&mut self, live: &HashSet<String>, found: Vec<Held>) -> Result<Reconciled> {
+        let before = self.held.clone();
+        let mut out = Reconciled::default();
+        self.held.retain(|id, h| {
+            let keep = live.contains(id);
+            if !keep {
+                out.released.push(h.pod.clone());
+            }
+            keep
+        });
+        for h in found {
+            if self.held.contains_key(&h.pod.id) || !live.contains(&h.pod.id) {
+                continue;
+            }
+            if self.vf_taken(&h.record.pf, h.record.vf) {
+                warn!(pod_id = %h.pod.id, pf = %h.record.pf, vf = h.record.vf, "live container claims a VF the ledger gives to another pod");
+                out.conflicts.push(h.pod);
+                continue;
+            }
+            out.adopted.push(h.pod.clone());
+            self.held.insert(h.pod.id.clone(), h);
+        }
+        if self.held != before {
+            if let Err(e) = self.persist() {
+                self.held = before;
+                return Err(e);
+            }
+            info!(
+                released = out.released.len(),
+                adopted = out.adopted.len(),
+                "ledger reconciled"
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn usage(&self, inv: &Inventory) -> Vec<PoolUsage> {
+        inv.pools
+            .iter()
+            .map(|pool| {
+                let vfs_total: usize = pool.pfs.iter().map(|pf| pf.vfs.len()).sum();
+                let in_pool = self.held.values().filter(|h| h.record.pool == pool.name);
+                let (guaranteed, pods) =
+                    in_pool.fold((0, 0), |(g, n), h| (g + h.record.guaranteed_mbps, n + 1));
+                let taken = pool
+                    .pfs
+                    .iter()
+                    .flat_map(|pf| pf.vfs.iter().map(move |v| (pf, v)))
+                    .filter(|(pf, v)| self.vf_taken(&pf.name, v.index))
+                    .count();
+                PoolUsage {
+                    pool: pool.name.clone(),
+                    capacity_mbps: pool.pfs.iter().map(|pf| pf.capacity_mbps).sum(),
+                    guaranteed_mbps: guaranteed,
+                    pods,
+                    vfs_total,
+                    vfs_free: vfs_total - taken,
+                }
+            })
+            .collect()
+    }
+
+    fn pf_load(&self, pf: &str) -> (u64, usize) {
+        self.held
+            .values()
+            .filter(|h| h.record.pf == pf)
+            .fold((0, 0), |(g, n), h| (g + h.record.guaranteed_mbps, n + 1))
+    }
+
+    fn vf_taken(&self, pf: &str, vf: u32) -> bool {
+        self.held
+            .values()
+            .any(|h| h.record.pf == pf && h.record.vf == vf)
+    }
+
+    /// "pool fabric-a: 15Gbps of 100Gbps guaranteed bandwidth left (85Gbps held by 4 pods); pod asks 40Gbps"
+    fn refusal(&self, pools: &[&PoolInv], req: &Request) -> String {
+        let ask = req.guaranteed_mbps();
+        if pools.is_empty() {
+            return format!(
+                "no SR-IOV RDMA VFs are offered on this node; pod asks {}",
+                asked(ask)
+            );
+        }
+        let parts: Vec<String> = pools
+            .iter()
+            .map(|pool| {
+                let cap: u64 = pool.pfs.iter().map(|pf| pf.capacity_mbps).sum();
+                let (mut held, mut pods, mut best_pf, mut free_vfs, mut vfs) = (0, 0, 0, 0, 0);
+                for pf in &pool.pfs {
+                    let (h, n) = self.pf_load(&pf.name);
+                    let free = pf
+                        .vfs
+                        .iter()
+                        .filter(|v| !self.vf_taken(&pf.name, v.index))
+                        .count();
+                    held += h;
+                    pods += n;
+                    free_vfs += free;
+                    vfs += pf.vfs.len();
+                    if free > 0 {
+                        best_pf = best_pf.max(pf.capacity_mbps.saturating_sub(h));
+                    }
+                }
+                let mut s = format!(
+                    "pool {}: {} of {} guaranteed bandwidth left ({} held by {} pod{})",
+                    pool.name,
+                    format_mbps(cap.saturating_sub(held)),
+                    format_mbps(cap),
+                    format_mbps(held),
+                    pods,
+                    if pods == 1 { "" } else { "s" }
+                );
+                if free_vfs == 0 {
+                    s.push_str(&format!(", no free VF ({vfs} of {vfs} in use)"));
+                } else if pool.pfs.len() > 1 && cap.saturating_sub(held) >= ask {
+                    s.push_str(&format!(", at most {} on one PF", format_mbps(best_pf)));
+                }
+                s
+            })
+            .collect();
+        format!("{}; pod asks {}", parts.join("; "), asked(ask))
+    }
+
+    fn persist(&self) -> Result<()> {
+        let path = self.dir.join(LEDGER_FILE);
+        let tmp = self.dir.join(format!("{LEDGER_FILE}.tmp"));
+        let file = LedgerFile {
+            version: FORMAT_VERSION,
+            held: self.held.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file)
+            .map_err(|e| CoreError::io("encoding", &path, std::io::Error::other(e)))?;
+        let mut f = File::create(&tmp).map_err(|e| CoreError::io("creating", &tmp, e))?;
+        f.write_all(&bytes)
+            .map_err(|e| CoreError::io("writing", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| CoreError::io("syncing", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| CoreError::io("renaming into", &path, e))?;
+        // The rename is durable only once the directory entry is.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| CoreError::io("syncing", &self.dir, e))
+    }
+}
+
+fn asked(mbps: u64) -> String {
+    if mbps == 0 {
+        "a VF with no guarantee".to_string()
+    } else {
+        format_mbps(mbps)
+    }
+}

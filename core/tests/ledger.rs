@@ -1,0 +1,253 @@
+//! Admission, VF choice and durability of the ledger, with real files in a temp state dir.
+
+use std::collections::{HashMap, HashSet};
+
+use conrdma_core::config::NodeConfig;
+use conrdma_core::discovery::discover;
+use conrdma_core::error::ErrorClass;
+use conrdma_core::inventory::Inventory;
+use conrdma_core::ledger::{Ledger, PodRef};
+use conrdma_core::rate::Rate;
+use conrdma_core::request::Request;
+use conrdma_core::simulate::{build, Binding, SimOptions};
+
+fn inventory(pfs: u32, vfs: u32, speed: &str, cfg: &str) -> (tempfile::TempDir, Inventory) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SimOptions {
+        pfs,
+        vfs_per_pf: vfs,
+        speed: Rate::parse(speed).unwrap(),
+        binding: Binding::Pci,
+        mknod: false,
+    };
+    build(dir.path(), &opts).unwrap();
+    let cfg = NodeConfig::from_toml(cfg, "test").unwrap();
+    let inv = Inventory::build(&discover(dir.path()).unwrap(), &cfg);
+    (dir, inv)
+}
+
+fn pod(n: usize) -> PodRef {
+    PodRef {
+        id: format!("sandbox-{n}"),
+        uid: format!("uid-{n}"),
+        namespace: "default".into(),
+        name: format!("pod-{n}"),
+    }
+}
+
+fn req(pairs: &[(&str, &str)]) -> Request {
+    let a: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (format!("rdma.conrdma.io/{k}"), v.to_string()))
+        .collect();
+    Request::from_annotations(&a).unwrap().unwrap()
+}
+
+#[test]
+fn admits_up_to_line_rate_then_refuses_with_the_figures() {
+    let (_sys, inv) = inventory(
+        1,
+        8,
+        "100G",
+        "[[pool]]\nname = \"fabric-a\"\npfs = [\"ens1f0\"]",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    for (i, bw) in ["25G", "25G", "25G", "10G"].iter().enumerate() {
+        let (rec, fresh) = l
+            .admit(&inv, &pod(i), &req(&[("bandwidth", bw)]), |_| {})
+            .unwrap();
+        assert!(fresh);
+        assert_eq!(rec.pool, "fabric-a");
+        assert_eq!(rec.vf, i as u32, "lowest free VF first");
+        assert_eq!(
+            rec.limit_mbps, rec.guaranteed_mbps,
+            "limit defaults to the guarantee"
+        );
+    }
+    let err = l
+        .admit(&inv, &pod(9), &req(&[("bandwidth", "40G")]), |_| {})
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Exhausted);
+    assert_eq!(
+        err.to_string(),
+        "pool fabric-a: 15Gbps of 100Gbps guaranteed bandwidth left (85Gbps held by 4 pods); pod asks 40Gbps"
+    );
+    assert!(l.get("sandbox-9").is_none(), "a refusal books nothing");
+    // Exactly what is left still fits.
+    l.admit(&inv, &pod(5), &req(&[("bandwidth", "15G")]), |_| {})
+        .unwrap();
+}
+
+#[test]
+fn same_pod_gets_the_same_vf_and_release_frees_it() {
+    let (_sys, inv) = inventory(1, 2, "100G", "");
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let (a, _) = l
+        .admit(&inv, &pod(1), &req(&[("bandwidth", "60G")]), |_| {})
+        .unwrap();
+    let (b, fresh) = l
+        .admit(&inv, &pod(1), &req(&[("bandwidth", "60G")]), |_| {})
+        .unwrap();
+    assert!(!fresh);
+    assert_eq!(a, b);
+    assert!(l
+        .admit(&inv, &pod(2), &req(&[("bandwidth", "60G")]), |_| {})
+        .is_err());
+    assert!(l.release("sandbox-1").unwrap().is_some());
+    assert!(
+        l.release("sandbox-1").unwrap().is_none(),
+        "release is idempotent"
+    );
+    l.admit(&inv, &pod(2), &req(&[("bandwidth", "60G")]), |_| {})
+        .unwrap();
+}
+
+#[test]
+fn picks_the_pf_with_most_headroom_and_honours_pools() {
+    let (_sys, inv) = inventory(
+        3,
+        4,
+        "100G",
+        "[[pool]]\nname = \"storage\"\npfs = [\"ens2f0\"]",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let (r1, _) = l
+        .admit(&inv, &pod(1), &req(&[("bandwidth", "30G")]), |_| {})
+        .unwrap();
+    let (r2, _) = l
+        .admit(&inv, &pod(2), &req(&[("bandwidth", "30G")]), |_| {})
+        .unwrap();
+    assert_ne!(r1.pf, r2.pf, "second pod goes to the emptier PF");
+    // No pool asked: any pool will do, configured pools included.
+    assert!(["storage", "default"].contains(&r1.pool.as_str()));
+    let (r3, _) = l
+        .admit(
+            &inv,
+            &pod(3),
+            &req(&[("bandwidth", "1G"), ("pool", "storage")]),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!((r3.pool.as_str(), r3.pf.as_str()), ("storage", "ens2f0"));
+    let err = l
+        .admit(&inv, &pod(4), &req(&[("pool", "gpu")]), |_| {})
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::NotFound);
+    assert!(
+        err.to_string().contains("pools here: storage, default"),
+        "{err}"
+    );
+}
+
+#[test]
+fn best_effort_pods_need_a_free_vf_and_get_line_rate() {
+    let (_sys, inv) = inventory(1, 1, "25G", "");
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let (r, _) = l
+        .admit(&inv, &pod(1), &req(&[("pool", "default")]), |_| {})
+        .unwrap();
+    assert_eq!((r.guaranteed_mbps, r.limit_mbps), (0, 25_000));
+    let err = l
+        .admit(&inv, &pod(2), &req(&[("bandwidth-limit", "1G")]), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no free VF (1 of 1 in use)"), "{err}");
+}
+
+#[test]
+fn admission_ratio_caps_guarantees() {
+    let (_sys, inv) = inventory(1, 4, "100G", "admission_ratio = 0.8");
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    assert!(l
+        .admit(&inv, &pod(1), &req(&[("bandwidth", "81G")]), |_| {})
+        .is_err());
+    l.admit(&inv, &pod(1), &req(&[("bandwidth", "80G")]), |_| {})
+        .unwrap();
+}
+
+#[test]
+fn survives_reopen_and_locks_out_a_second_writer() {
+    let (_sys, inv) = inventory(1, 4, "100G", "");
+    let state = tempfile::tempdir().unwrap();
+    {
+        let mut l = Ledger::open(state.path()).unwrap();
+        l.admit(&inv, &pod(1), &req(&[("bandwidth", "70G")]), |r| {
+            r.rdma_cgroup = "note".into()
+        })
+        .unwrap();
+        let err = Ledger::open(state.path()).err().unwrap().to_string();
+        assert!(err.contains("locked by another process"), "{err}");
+    }
+    let mut l = Ledger::open(state.path()).unwrap();
+    assert_eq!(l.get("sandbox-1").unwrap().record.rdma_cgroup, "note");
+    assert!(
+        l.admit(&inv, &pod(2), &req(&[("bandwidth", "40G")]), |_| {})
+            .is_err(),
+        "no double booking after restart"
+    );
+}
+
+#[test]
+fn corrupt_ledger_refuses_to_start() {
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("ledger.json"), "{not json").unwrap();
+    let err = Ledger::open(state.path()).err().unwrap().to_string();
+    assert!(
+        err.contains("refusing to start rather than double-book"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reconcile_frees_gone_pods_and_adopts_recorded_ones() {
+    let (_sys, inv) = inventory(1, 4, "100G", "");
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    l.admit(&inv, &pod(1), &req(&[("bandwidth", "10G")]), |_| {})
+        .unwrap();
+    let (r2, _) = l
+        .admit(&inv, &pod(2), &req(&[("bandwidth", "10G")]), |_| {})
+        .unwrap();
+    // A second ledger elsewhere booked pod 3 on VF 2 (as if our state dir had been lost).
+    let other = tempfile::tempdir().unwrap();
+    let mut l2 = Ledger::open(other.path()).unwrap();
+    l2.admit(&inv, &pod(8), &req(&[("bandwidth", "1G")]), |_| {})
+        .unwrap();
+    l2.admit(&inv, &pod(9), &req(&[("bandwidth", "1G")]), |_| {})
+        .unwrap();
+    let (r3, _) = l2
+        .admit(&inv, &pod(3), &req(&[("bandwidth", "5G")]), |_| {})
+        .unwrap();
+    let found = vec![
+        l2.get("sandbox-3").unwrap().clone(),
+        // Claims pod 2's VF: a conflict, left alone.
+        conrdma_core::ledger::Held {
+            pod: pod(4),
+            record: r2.clone(),
+        },
+    ];
+    let live: HashSet<String> = ["sandbox-2", "sandbox-3", "sandbox-4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = l.reconcile(&live, found).unwrap();
+    assert_eq!(out.released, vec![pod(1)]);
+    assert_eq!(out.adopted, vec![pod(3)]);
+    assert_eq!(out.conflicts, vec![pod(4)]);
+    assert_eq!(l.get("sandbox-3").unwrap().record, r3);
+    drop(l);
+    let l = Ledger::open(state.path()).unwrap();
+    let mut ids: Vec<_> = l.held().map(|h| h.pod.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["sandbox-2", "sandbox-3"], "reconcile is persisted");
+    let usage = l.usage(&inv);
+    assert_eq!(
+        (usage[0].guaranteed_mbps, usage[0].pods, usage[0].vfs_free),
+        (15_000, 2, 2)
+    );
+}
