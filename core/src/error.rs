@@ -43,6 +43,10 @@ pub enum CoreError {
     #[error("{0}")]
     NotFound(String),
 
+    /// Bad input that is not an annotation or a rate (e.g. a command-line value).
+    #[error("{0}")]
+    Invalid(String),
+
     #[error("invalid node config {origin}: {reason}")]
     Config { origin: String, reason: String },
 
@@ -66,7 +70,8 @@ impl CoreError {
         match self {
             CoreError::InvalidRate { .. }
             | CoreError::InvalidAnnotation { .. }
-            | CoreError::UnknownAnnotation { .. } => ErrorClass::InvalidInput,
+            | CoreError::UnknownAnnotation { .. }
+            | CoreError::Invalid(_) => ErrorClass::InvalidInput,
             CoreError::Insufficient(_) => ErrorClass::Exhausted,
             CoreError::NotFound(_) => ErrorClass::NotFound,
             CoreError::Config { .. }

@@ -117,6 +117,22 @@ impl Ledger {
         })
     }
 
+    /// Reads the ledger in `state_dir` without taking its lock: for inspection while a plugin runs.
+    /// Safe because writes replace the file atomically.
+    pub fn snapshot(state_dir: &Path) -> Result<Vec<Held>> {
+        let path = state_dir.join(LEDGER_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<LedgerFile>(&bytes)
+                .map(|f| f.held.into_values().collect())
+                .map_err(|e| CoreError::LedgerCorrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(CoreError::io("reading", path, e)),
+        }
+    }
+
     pub fn get(&self, pod_id: &str) -> Option<&Held> {
         self.held.get(pod_id)
     }

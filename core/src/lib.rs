@@ -10,6 +10,7 @@ pub mod error;
 pub mod inventory;
 pub mod ledger;
 pub mod rate;
+pub mod report;
 pub mod request;
 pub mod simulate;
 

@@ -1,0 +1,151 @@
+//! `conrdma-nri-plugin`: runs external (connects to containerd's NRI socket, reconnects after
+//! restarts) or pre-launched (containerd starts it with the socket on the fd in NRI_PLUGIN_SOCKET).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use conrdma_core::NodeConfig;
+use conrdma_nri::{PluginId, DEFAULT_SOCKET_PATH, SOCKET_ENV};
+use conrdma_nri_plugin::{NodeState, Plugin, PluginError};
+use tracing::{error, info, warn};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "ConRDMA NRI plugin: SR-IOV RDMA VFs sized by bandwidth"
+)]
+struct Args {
+    /// Node config (TOML: pools, admission_ratio, rdma_cgroup defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// containerd's NRI socket (external mode).
+    #[arg(long, default_value = DEFAULT_SOCKET_PATH)]
+    socket: PathBuf,
+    /// Root under which sys/ is read (a simulated NIC's directory on machines without SR-IOV).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Where the allocation ledger is kept.
+    #[arg(long, default_value = "/var/lib/conrdma/nri")]
+    state_dir: PathBuf,
+    /// Plugin name registered with containerd.
+    #[arg(long, default_value = "conrdma")]
+    name: String,
+    /// Plugin index (two digits): containerd calls plugins in index order.
+    #[arg(long, default_value = "10")]
+    idx: String,
+    /// Log file; pre-launched plugins have no stderr, so they default to /var/log/conrdma-nri-plugin.log.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let prelaunched = std::env::var_os(SOCKET_ENV).is_some();
+    // containerd gives a pre-launched plugin no arguments and an empty environment.
+    let args = if prelaunched {
+        Args::parse_from(["conrdma-nri-plugin"])
+    } else {
+        Args::parse()
+    };
+    let log_file = args
+        .log_file
+        .clone()
+        .or_else(|| prelaunched.then(|| PathBuf::from("/var/log/conrdma-nri-plugin.log")));
+    if let Err(e) = init_logging(log_file.as_deref()) {
+        eprintln!("conrdma-nri-plugin: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args, prelaunched)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "conrdma-nri-plugin failed");
+            eprintln!("conrdma-nri-plugin: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
+    let cfg = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    let refresh = Duration::from_secs(cfg.refresh_seconds.max(1));
+    let node = Arc::new(NodeState::open(&args.root, &args.state_dir, cfg)?);
+    let plugin = Arc::new(Plugin::new(node.clone()));
+
+    // Discovery runs here, never on the CreateContainer path.
+    let refresher = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(refresh);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = refresher.refresh() {
+                warn!(error = %e, "rescan failed; keeping the previous inventory");
+            }
+        }
+    });
+
+    if prelaunched {
+        let id = PluginId::from_env_or_argv0()?;
+        let stream = conrdma_nri::prelaunched_stream()?
+            .ok_or_else(|| PluginError::Setup("NRI_PLUGIN_SOCKET vanished".into()))?;
+        info!(plugin = %id, "pre-launched by containerd");
+        // When containerd closes the socket it is gone or has dropped us: exit, it will relaunch.
+        conrdma_nri::serve(stream, id, plugin).await?;
+        return Ok(());
+    }
+    let id = PluginId::new(args.name, args.idx)?;
+    conrdma_nri::run_external(&args.socket, id, plugin, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(file: Option<&std::path::Path>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("opening log file {}: {e}", path.display()))?;
+            builder.with_ansi(false).with_writer(Arc::new(f)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}

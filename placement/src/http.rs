@@ -1,0 +1,258 @@
+//! The HTTP front: routes, bearer authentication, and the mapping of bodies onto the store.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use conrdma_core::report::{NodeReport, UsageBatch};
+use serde::Serialize;
+
+use crate::config::{Config, Tokens};
+use crate::error::{PlacementError, Result};
+use crate::extender::ExtenderArgs;
+use crate::metrics::Metrics;
+use crate::store::{unix_ms, NodeView, Settings, Store};
+use crate::verbs;
+
+/// Shared state of the running service.
+pub struct App {
+    store: RwLock<Store>,
+    tokens: Tokens,
+    pub metrics: Metrics,
+    max_body: usize,
+}
+
+impl App {
+    pub fn new(cfg: &Config, tokens: Tokens) -> Result<App> {
+        Ok(App {
+            store: RwLock::new(Store::new(Settings::from(cfg))),
+            tokens,
+            metrics: Metrics::new().map_err(|e| PlacementError::Config {
+                origin: "metrics".into(),
+                reason: e.to_string(),
+            })?,
+            max_body: cfg.max_body_bytes,
+        })
+    }
+
+    /// A poisoned lock only means a panic elsewhere while holding it; the store has no invariant
+    /// that a half-done update could break (every update is one insert or remove), so go on.
+    pub fn read(&self) -> RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Store> {
+        self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<()> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty());
+        match presented {
+            Some(t) if self.tokens.accepts(t.as_bytes()) => Ok(()),
+            _ => Err(PlacementError::Unauthorized),
+        }
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let limit = app.max_body;
+    Router::new()
+        .route("/v1/reports/node", post(node_report))
+        .route("/v1/reports/usage", post(usage_report))
+        .route("/filter", post(filter))
+        .route("/prioritize", post(prioritize))
+        .route("/v1/nodes", get(nodes))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: usize,
+}
+
+fn count(app: &App, kind: &str, outcome: &str) {
+    app.metrics
+        .reports
+        .with_label_values(&[kind, outcome])
+        .inc();
+}
+
+fn outcome_of(e: &PlacementError) -> &'static str {
+    match e {
+        PlacementError::Unauthorized => "unauthorized",
+        _ => "malformed",
+    }
+}
+
+async fn node_report(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Accepted>> {
+    let start = Instant::now();
+    let res = (|| {
+        app.authorize(&headers)?;
+        let report: NodeReport =
+            serde_json::from_slice(&body).map_err(|e| PlacementError::bad("node report", e))?;
+        report
+            .validate()
+            .map_err(|e| PlacementError::bad("node report", e))?;
+        Ok(report)
+    })();
+    let report = match res {
+        Ok(r) => r,
+        Err(e) => {
+            count(&app, "node", outcome_of(&e));
+            tracing::debug!(error = %e, "node report refused");
+            app.metrics.observe("report_node", start);
+            return Err(e);
+        }
+    };
+    tracing::trace!(node = %report.node, "node report");
+    app.write()
+        .put_node(report, Instant::now(), unix_ms(SystemTime::now()));
+    count(&app, "node", "accepted");
+    app.metrics.observe("report_node", start);
+    Ok(Json(Accepted { accepted: 1 }))
+}
+
+async fn usage_report(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Accepted>> {
+    let start = Instant::now();
+    let res = (|| {
+        app.authorize(&headers)?;
+        let batch: UsageBatch =
+            serde_json::from_slice(&body).map_err(|e| PlacementError::bad("usage reports", e))?;
+        batch
+            .validate()
+            .map_err(|e| PlacementError::bad("usage reports", e))?;
+        Ok(batch)
+    })();
+    let batch = match res {
+        Ok(b) => b,
+        Err(e) => {
+            count(&app, "usage", outcome_of(&e));
+            tracing::debug!(error = %e, "usage reports refused");
+            app.metrics.observe("report_usage", start);
+            return Err(e);
+        }
+    };
+    let n = batch.reports.len();
+    app.write().put_usage(batch, Instant::now());
+    app.metrics
+        .reports
+        .with_label_values(&["usage", "accepted"])
+        .inc_by(n as u64);
+    app.metrics.observe("report_usage", start);
+    Ok(Json(Accepted { accepted: n }))
+}
+
+fn parse_args(body: &[u8]) -> Result<ExtenderArgs> {
+    serde_json::from_slice(body).map_err(|e| PlacementError::bad("ExtenderArgs", e))
+}
+
+fn pod_kind(args: &ExtenderArgs) -> &'static str {
+    match verbs::pod_request(args) {
+        Ok(Ok(Some(_))) => "rdma",
+        Ok(Ok(None)) => "other",
+        _ => "invalid",
+    }
+}
+
+async fn filter(State(app): State<Arc<App>>, body: Bytes) -> Result<Response> {
+    let start = Instant::now();
+    let args = parse_args(&body)?;
+    let kind = pod_kind(&args);
+    let out = verbs::filter(&app.read(), args, Instant::now())?;
+    if kind != "other" {
+        tracing::debug!(
+            passed = out
+                .node_names
+                .as_ref()
+                .map(Vec::len)
+                .or(out.nodes.as_ref().map(|n| n.items.len())),
+            failed = out.failed_nodes.len() + out.failed_and_unresolvable_nodes.len(),
+            "filter"
+        );
+    }
+    app.metrics.pods.with_label_values(&["filter", kind]).inc();
+    let resp = Json(out).into_response();
+    app.metrics.observe("filter", start);
+    Ok(resp)
+}
+
+async fn prioritize(State(app): State<Arc<App>>, body: Bytes) -> Result<Response> {
+    let start = Instant::now();
+    let args = parse_args(&body)?;
+    let kind = pod_kind(&args);
+    let out = verbs::prioritize(&app.read(), args, Instant::now())?;
+    app.metrics
+        .pods
+        .with_label_values(&["prioritize", kind])
+        .inc();
+    let resp = Json(out).into_response();
+    app.metrics.observe("prioritize", start);
+    Ok(resp)
+}
+
+#[derive(Serialize)]
+struct NodesBody {
+    policy: &'static str,
+    node_ttl_seconds: u64,
+    unknown_nodes: &'static str,
+    max_score: i64,
+    nodes: Vec<NodeView>,
+}
+
+async fn nodes(State(app): State<Arc<App>>) -> Json<NodesBody> {
+    let start = Instant::now();
+    let store = app.read();
+    let s = store.settings();
+    let body = NodesBody {
+        policy: s.policy.name(),
+        node_ttl_seconds: s.node_ttl.as_secs(),
+        unknown_nodes: match s.unknown_nodes {
+            crate::config::UnknownNodes::Exclude => "exclude",
+            crate::config::UnknownNodes::Neutral => "neutral",
+        },
+        max_score: s.max_score,
+        nodes: store.snapshot(Instant::now()),
+    };
+    drop(store);
+    app.metrics.observe("nodes", start);
+    Json(body)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = {
+        let store = app.read();
+        app.metrics.render(&store, Instant::now())
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

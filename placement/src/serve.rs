@@ -1,0 +1,189 @@
+//! Listening: plain HTTP through axum, or HTTPS through rustls when the config names a certificate.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, TlsFiles, Tokens};
+use crate::error::{PlacementError, Result};
+use crate::http::{router, App};
+
+/// A started service: its address, its state, and the way to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<()>>,
+    pruner: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight plain-HTTP requests finish, and waits for the server task.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.pruner.abort();
+        match self.server.await {
+            Ok(r) => r,
+            Err(e) => Err(PlacementError::io(
+                "joining",
+                "server task",
+                std::io::Error::other(e),
+            )),
+        }
+    }
+}
+
+/// Loads the PEM certificate chain and key into a rustls server config (ring provider, HTTP/1.1).
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
+    let pem_err = |path: &Path, e: rustls_pki_types::pem::Error| {
+        PlacementError::Tls(format!("reading {}: {e}", path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| pem_err(&files.cert, e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| pem_err(&files.cert, e))?;
+    if certs.is_empty() {
+        return Err(PlacementError::Tls(format!(
+            "{} holds no PEM certificate",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_err(&files.key, e))?;
+    let mut cfg =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PlacementError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| PlacementError::Tls(format!("certificate and key: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Loads credentials and TLS files, binds `listen`, and serves in the background.
+pub async fn start(listen: SocketAddr, cfg: Config) -> Result<Running> {
+    let tokens = Tokens::load(&cfg.tokens_file)?;
+    let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
+    let app = Arc::new(App::new(&cfg, tokens)?);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| PlacementError::io("listening on", listen.to_string(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| PlacementError::io("reading address of", listen.to_string(), e))?;
+    let (stop, stopped) = watch::channel(false);
+    let routes = router(app.clone());
+    let is_tls = tls.is_some();
+    let server = match tls {
+        None => {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, routes)
+                    .with_graceful_shutdown(async move { stop_requested(&mut stopped).await })
+                    .await
+                    .map_err(|e| PlacementError::io("serving on", addr.to_string(), e))
+            })
+        }
+        Some(tls) => tokio::spawn(serve_tls(
+            listener,
+            TlsAcceptor::from(tls),
+            routes,
+            stopped.clone(),
+        )),
+    };
+    let pruner = {
+        let app = app.clone();
+        let every = (cfg.node_ttl() / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                app.write().prune(Instant::now());
+            }
+        })
+    };
+    info!(%addr, tls = is_tls, policy = cfg.policy.name(), ttl_s = cfg.node_ttl_seconds, "conrdma-placement listening");
+    Ok(Running {
+        addr,
+        tls: is_tls,
+        app,
+        stop,
+        server,
+        pruner,
+    })
+}
+
+/// Resolves once a stop was requested (or the sender is gone).
+async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    routes: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop_requested(&mut stopped) => return Ok(()),
+            acc = listener.accept() => match acc {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let svc = TowerToHyperService::new(routes.clone());
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The binary's whole life: load the config, serve, stop on SIGINT or SIGTERM.
+pub async fn run(listen: SocketAddr, config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let running = start(listen, cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| PlacementError::io("installing handler for", "SIGTERM", e))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        _ = term.recv() => info!("SIGTERM: stopping"),
+    }
+    running.stop().await
+}

@@ -1,0 +1,1 @@
+//! Placement simulator (filled in below).

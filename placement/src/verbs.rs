@@ -1,0 +1,158 @@
+//! The extender verbs as plain functions over the [`Store`]: the HTTP handlers call these, and so
+//! do the benchmarks and the placement simulator.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use conrdma_core::Request;
+
+use crate::error::{PlacementError, Result};
+use crate::extender::{node_name, ExtenderArgs, ExtenderFilterResult, HostPriority, NodeListOut};
+use crate::store::{Store, Verdict};
+
+/// What the pod asks for: `Ok(None)` for pods without `rdma.conrdma.io/` annotations (passed through
+/// untouched), `Err(reason)` for pods whose annotations are invalid.
+pub fn pod_request(args: &ExtenderArgs) -> Result<Result<Option<Request>, String>> {
+    let pod = args
+        .pod
+        .as_ref()
+        .ok_or_else(|| PlacementError::bad("ExtenderArgs", "Pod is missing"))?;
+    let Some(ann) = pod.metadata.annotations.as_ref() else {
+        return Ok(Ok(None));
+    };
+    Ok(Request::from_annotations(ann).map_err(|e| format!("conrdma: pod annotations: {e}")))
+}
+
+/// The candidate node names, from `NodeNames` (nodeCacheCapable) or the `Nodes` list.
+fn candidate_names(args: &ExtenderArgs) -> Result<Vec<String>> {
+    if let Some(names) = &args.node_names {
+        return Ok(names.clone());
+    }
+    let Some(list) = &args.nodes else {
+        return Err(PlacementError::bad(
+            "ExtenderArgs",
+            "neither Nodes nor NodeNames is set",
+        ));
+    };
+    list.items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| match node_name(raw) {
+            Ok(n) if !n.is_empty() => Ok(n),
+            Ok(_) => Err(PlacementError::bad(
+                "ExtenderArgs",
+                format!("Nodes.items[{i}] has no metadata.name"),
+            )),
+            Err(e) => Err(PlacementError::bad(
+                "ExtenderArgs",
+                format!("Nodes.items[{i}]: {e}"),
+            )),
+        })
+        .collect()
+}
+
+/// `POST /filter`: keeps the nodes that can admit the pod's guarantee on one PF with a free VF.
+pub fn filter(store: &Store, args: ExtenderArgs, now: Instant) -> Result<ExtenderFilterResult> {
+    let req = pod_request(&args)?;
+    let by_names = args.node_names.is_some();
+    if by_names && args.nodes.is_some() {
+        tracing::debug!("ExtenderArgs has both Nodes and NodeNames: answering with NodeNames");
+    }
+    let req = match req {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            // Not ours: hand the candidates back exactly as they came.
+            let mut out = ExtenderFilterResult::default();
+            if by_names {
+                out.node_names = args.node_names;
+            } else {
+                let items = args.nodes.map(|l| l.items).unwrap_or_default();
+                out.nodes = Some(NodeListOut::new(items));
+            }
+            return Ok(out);
+        }
+        Err(reason) => {
+            let names = candidate_names(&args)?;
+            let mut out = ExtenderFilterResult::default();
+            for n in names {
+                out.failed_and_unresolvable_nodes.insert(n, reason.clone());
+            }
+            if by_names {
+                out.node_names = Some(Vec::new());
+            } else {
+                out.nodes = Some(NodeListOut::new(Vec::new()));
+            }
+            return Ok(out);
+        }
+    };
+    let names = candidate_names(&args)?;
+    let mut out = ExtenderFilterResult::default();
+    let mut keep = vec![false; names.len()];
+    for (i, n) in names.iter().enumerate() {
+        match store.verdict(&store.evaluate(n, &req, now)) {
+            Verdict::Pass => keep[i] = true,
+            Verdict::Failed(reason) => {
+                out.failed_nodes.insert(n.clone(), reason);
+            }
+            Verdict::Unresolvable(reason) => {
+                out.failed_and_unresolvable_nodes.insert(n.clone(), reason);
+            }
+        }
+    }
+    if by_names {
+        out.node_names = Some(
+            names
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(n, k)| k.then_some(n))
+                .collect(),
+        );
+    } else {
+        let items = args.nodes.map(|l| l.items).unwrap_or_default();
+        out.nodes = Some(NodeListOut::new(
+            items
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(item, k)| k.then_some(item))
+                .collect(),
+        ));
+    }
+    Ok(out)
+}
+
+/// `POST /prioritize`: scores every candidate from 0 to `max_score` by the configured policy.
+/// Pods that are not ours (or invalid) get 0 everywhere, which changes no ranking.
+pub fn prioritize(store: &Store, args: ExtenderArgs, now: Instant) -> Result<Vec<HostPriority>> {
+    let req = pod_request(&args)?;
+    let names = candidate_names(&args)?;
+    let req = match req {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => {
+            return Ok(names
+                .into_iter()
+                .map(|host| HostPriority { host, score: 0 })
+                .collect())
+        }
+    };
+    Ok(names
+        .into_iter()
+        .map(|host| {
+            let score = store.score(&store.evaluate(&host, &req, now));
+            HostPriority { host, score }
+        })
+        .collect())
+}
+
+/// Builds in-memory `ExtenderArgs` for node names and pod annotations (simulator, benchmarks).
+pub fn args_for(annotations: HashMap<String, String>, node_names: Vec<String>) -> ExtenderArgs {
+    ExtenderArgs {
+        pod: Some(crate::extender::Pod {
+            metadata: crate::extender::ObjectMeta {
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+        }),
+        nodes: None,
+        node_names: Some(node_names),
+    }
+}

@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests: a real server on 127.0.0.1:0 and a minimal HTTP/1.1
+//! client over a real TCP connection.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use conrdma_core::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
+use conrdma_placement::{Config, Running};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+pub const TOKEN: &str = "node-token-0123456789";
+
+pub struct Server {
+    pub running: Running,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts the service on loopback with a tokens file holding [`TOKEN`]; `tune` adjusts the config.
+pub async fn start(tune: impl FnOnce(&mut Config, &Path)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("# test credentials\n{TOKEN}\nshim-token\n")).unwrap();
+    let mut cfg = Config::with_tokens_file(&tokens);
+    tune(&mut cfg, dir.path());
+    let running = conrdma_placement::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let addr = running.addr;
+    Server { running, addr, dir }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        content_type,
+    }
+}
+
+pub fn pf(name: &str, cap_gbps: u64, guaranteed_gbps: u64, vfs_total: u32, vfs_free: u32) -> PfReport {
+    PfReport {
+        name: name.into(),
+        line_rate_mbps: cap_gbps * 1000,
+        capacity_mbps: cap_gbps * 1000,
+        guaranteed_mbps: guaranteed_gbps * 1000,
+        pods: vfs_total - vfs_free,
+        vfs_total,
+        vfs_free,
+    }
+}
+
+pub fn node_report(node: &str, pfs: Vec<PfReport>) -> NodeReport {
+    NodeReport {
+        version: REPORT_VERSION,
+        node: node.into(),
+        time_unix_ms: 1_700_000_000_000,
+        pools: vec![PoolReport::from_pfs("default", pfs)],
+    }
+}
+
+pub async fn post_node(addr: SocketAddr, r: &NodeReport) {
+    let reply = call(addr, "POST", "/v1/reports/node", Some(TOKEN), &serde_json::to_string(r).unwrap()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}

@@ -1,0 +1,66 @@
+//! ConRDMA end-to-end test harness.
+//!
+//! Starts a real, isolated containerd 1.7 with NRI ([`Containerd`]) and plays the kubelet
+//! through CRI ([`Cri`]). Helper daemons such as the NRI plugin run under a [`ChildGuard`].
+//!
+//! Environment knobs:
+//! - `CONRDMA_DEPS`: prefix holding `usr/bin/{containerd,ctr,containerd-shim-runc-v2}`
+//!   (default `/opt/conrdma-deps`, installed by `hack/install-deps.sh`);
+//! - `CONRDMA_BIN_DIR`: where the workspace's own binaries are (default: the target dir's
+//!   profile directory; build them with `cargo build --workspace --bins`);
+//! - `CONRDMA_E2E_IMAGE`: a ready OCI tarball instead of building one with `hack/build-image.sh`;
+//! - `CONRDMA_E2E_TMPDIR`: where instance directories go (default the system temp dir);
+//! - `CONRDMA_E2E_KEEP=1`: keep each instance directory (logs, config) after teardown.
+//!
+//! Starting the NRI plugin against an instance:
+//!
+//! ```no_run
+//! # async fn demo() -> conrdma_e2e::Result<()> {
+//! use std::process::Command;
+//! use std::time::Duration;
+//! use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions};
+//! let mut cd = Containerd::start(ContainerdOptions::default()).await?;
+//! let mark = cd.log_mark();
+//! let _plugin = cd.spawn_process(
+//!     "nri-plugin",
+//!     Command::new(workspace_bin("conrdma-nri-plugin")?)
+//!         .arg("--nri-socket")
+//!         .arg(cd.nri_socket()),
+//! )?; // output in <dir>/nri-plugin.log; killed when dropped
+//! cd.wait_for_plugin_since(mark, "10-conrdma", Duration::from_secs(10)).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A pod and a container:
+//!
+//! ```no_run
+//! # async fn demo() -> conrdma_e2e::Result<()> {
+//! use conrdma_e2e::{Containerd, ContainerdOptions};
+//! let cd = Containerd::start(ContainerdOptions::default()).await?;
+//! let cri = cd.cri();
+//! let pod = cri.run_pod("p", "default", "uid-1", &[]).await.expect("pod");
+//! let c = cri
+//!     .run_container(&pod, "c", cd.image(), &["sleep", "3600"], &[])
+//!     .await
+//!     .expect("container");
+//! let (code, out, _) = cri
+//!     .exec_sync(&c, &["echo", "hi"], std::time::Duration::from_secs(5))
+//!     .await
+//!     .expect("exec");
+//! assert_eq!((code, out.as_str()), (0, "hi\n"));
+//! cd.shutdown().await
+//! # }
+//! ```
+
+pub mod containerd;
+pub mod cri;
+pub mod deps;
+pub mod error;
+pub mod process;
+
+pub use containerd::{Containerd, ContainerdOptions, Paths, RuntimeHandler, K8S_NAMESPACE};
+pub use cri::{ContainerSpec, Cri, PodSpec};
+pub use deps::{workspace_bin, DEFAULT_IMAGE};
+pub use error::{Error, Result};
+pub use process::ChildGuard;
