@@ -32,6 +32,13 @@ pub struct NodeConfig {
     /// Seconds between sysfs rescans; discovery never runs on the CreateContainer path.
     #[serde(default = "default_refresh")]
     pub refresh_seconds: u64,
+    /// Root under which `sys/` is read; `/` unless a simulated NIC is used. A command-line flag
+    /// wins; this key exists for pre-launched plugins, which containerd starts without arguments.
+    #[serde(default)]
+    pub sysfs_root: Option<PathBuf>,
+    /// Where the ledger lives (flag wins, as for `sysfs_root`).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -68,6 +75,8 @@ impl Default for NodeConfig {
             rdma_cgroup: RdmaCgroupDefaults::default(),
             cgroup_root: default_cgroup_root(),
             refresh_seconds: default_refresh(),
+            sysfs_root: None,
+            state_dir: None,
         }
     }
 }

@@ -40,11 +40,18 @@ pub struct Held {
     pub record: AllocationRecord,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct LedgerFile {
     version: u32,
     /// Keyed by pod sandbox id.
     held: BTreeMap<String, Held>,
+}
+
+/// The on-disk form, borrowed so a write does not copy the ledger.
+#[derive(Serialize)]
+struct LedgerFileRef<'a> {
+    version: u32,
+    held: &'a BTreeMap<String, Held>,
 }
 
 /// Per-pool figures, for status output and node reports.
@@ -379,11 +386,11 @@ impl Ledger {
     fn persist(&self) -> Result<()> {
         let path = self.dir.join(LEDGER_FILE);
         let tmp = self.dir.join(format!("{LEDGER_FILE}.tmp"));
-        let file = LedgerFile {
+        let file = LedgerFileRef {
             version: FORMAT_VERSION,
-            held: self.held.clone(),
+            held: &self.held,
         };
-        let bytes = serde_json::to_vec_pretty(&file)
+        let bytes = serde_json::to_vec(&file)
             .map_err(|e| CoreError::io("encoding", &path, std::io::Error::other(e)))?;
         let mut f = File::create(&tmp).map_err(|e| CoreError::io("creating", &tmp, e))?;
         f.write_all(&bytes)

@@ -55,7 +55,7 @@ enum Cmd {
     Status {
         #[arg(long, default_value = "/")]
         root: PathBuf,
-        #[arg(long, default_value = "/var/lib/conrdma/nri")]
+        #[arg(long, default_value = "/run/conrdma/nri")]
         state_dir: PathBuf,
         #[arg(long)]
         config: Option<PathBuf>,

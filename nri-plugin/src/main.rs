@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use conrdma_core::NodeConfig;
 use conrdma_nri::{PluginId, DEFAULT_SOCKET_PATH, SOCKET_ENV};
+use conrdma_nri_plugin::plugin::{spawn_refresher, Overrides};
 use conrdma_nri_plugin::{NodeState, Plugin, PluginError};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,12 +23,13 @@ struct Args {
     /// containerd's NRI socket (external mode).
     #[arg(long, default_value = DEFAULT_SOCKET_PATH)]
     socket: PathBuf,
-    /// Root under which sys/ is read (a simulated NIC's directory on machines without SR-IOV).
-    #[arg(long, default_value = "/")]
-    root: PathBuf,
-    /// Where the allocation ledger is kept.
-    #[arg(long, default_value = "/var/lib/conrdma/nri")]
-    state_dir: PathBuf,
+    /// Root under which sys/ is read (a simulated NIC's directory on machines without SR-IOV);
+    /// default: `sysfs_root` from the config, else `/`.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Where the allocation ledger is kept; default: `state_dir` from the config, else /run/conrdma/nri.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Plugin name registered with containerd.
     #[arg(long, default_value = "conrdma")]
     name: String,
@@ -78,38 +79,38 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
-    let cfg = match &args.config {
-        Some(path) => NodeConfig::load(path)?,
-        None => NodeConfig::default(),
+    let overrides = Overrides {
+        root: args.root.clone(),
+        state_dir: args.state_dir.clone(),
     };
-    let refresh = Duration::from_secs(cfg.refresh_seconds.max(1));
-    let node = Arc::new(NodeState::open(&args.root, &args.state_dir, cfg)?);
-    let plugin = Arc::new(Plugin::new(node.clone()));
-
-    // Discovery runs here, never on the CreateContainer path.
-    let refresher = node.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(refresh);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = refresher.refresh() {
-                warn!(error = %e, "rescan failed; keeping the previous inventory");
-            }
-        }
-    });
-
     if prelaunched {
+        // containerd passes the config in Configure; the node is set up from it.
         let id = PluginId::from_env_or_argv0()?;
         let stream = conrdma_nri::prelaunched_stream()?
             .ok_or_else(|| PluginError::Setup("NRI_PLUGIN_SOCKET vanished".into()))?;
         info!(plugin = %id, "pre-launched by containerd");
-        // When containerd closes the socket it is gone or has dropped us: exit, it will relaunch.
-        conrdma_nri::serve(stream, id, plugin).await?;
+        // When containerd closes the socket it is gone or has dropped us: exit, it relaunches us.
+        conrdma_nri::serve(stream, id, Arc::new(Plugin::deferred(overrides))).await?;
         return Ok(());
     }
+    let cfg = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    let node = Arc::new(NodeState::open(
+        &overrides.root(&cfg),
+        &overrides.state_dir(&cfg),
+        cfg,
+    )?);
+    spawn_refresher(node.clone());
     let id = PluginId::new(args.name, args.idx)?;
-    conrdma_nri::run_external(&args.socket, id, plugin, shutdown_signal()).await?;
+    conrdma_nri::run_external(
+        &args.socket,
+        id,
+        Arc::new(Plugin::new(node)),
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

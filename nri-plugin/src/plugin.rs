@@ -1,6 +1,8 @@
 //! The NRI handler: requests in, adjustments out.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use conrdma_core::ledger::PodRef;
 use conrdma_core::{NodeConfig, Request};
@@ -14,13 +16,64 @@ use crate::adjust::adjustment;
 use crate::error::PluginError;
 use crate::node::NodeState;
 
+/// Where the ledger lives unless told otherwise. /run is a tmpfs on nodes: the ledger survives
+/// plugin and containerd restarts (which keep pods running) and is cleared by a reboot (which
+/// ends every pod, so every allocation with it).
+pub const DEFAULT_STATE_DIR: &str = "/run/conrdma/nri";
+
+/// Command-line choices that win over the node config.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn root(&self, cfg: &NodeConfig) -> PathBuf {
+        self.root
+            .clone()
+            .or_else(|| cfg.sysfs_root.clone())
+            .unwrap_or_else(|| PathBuf::from("/"))
+    }
+
+    pub fn state_dir(&self, cfg: &NodeConfig) -> PathBuf {
+        self.state_dir
+            .clone()
+            .or_else(|| cfg.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+}
+
 pub struct Plugin {
-    node: Arc<NodeState>,
+    /// Set at startup (external mode) or by the first Configure (pre-launched mode, whose only
+    /// configuration channel is Configure).
+    node: RwLock<Option<Arc<NodeState>>>,
+    overrides: Overrides,
 }
 
 impl Plugin {
     pub fn new(node: Arc<NodeState>) -> Plugin {
-        Plugin { node }
+        Plugin {
+            node: RwLock::new(Some(node)),
+            overrides: Overrides::default(),
+        }
+    }
+
+    /// A plugin that sets its node up from the config text in NRI Configure.
+    pub fn deferred(overrides: Overrides) -> Plugin {
+        Plugin {
+            node: RwLock::new(None),
+            overrides,
+        }
+    }
+
+    fn node(&self) -> Result<Arc<NodeState>, PluginError> {
+        let guard = self.node.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone().ok_or_else(|| {
+            PluginError::Setup(
+                "node not ready: the plugin's configuration failed (see its log)".into(),
+            )
+        })
     }
 
     /// Everything CreateContainer does, without the transport: used by the handler and benches.
@@ -42,7 +95,7 @@ impl Plugin {
             return Ok(resp);
         };
         let grant = self
-            .node
+            .node()?
             .grant(&pod_ref(pod), &request)
             .inspect_err(|e| warn!(error = %e, "refused"))?;
         let rec = &grant.record;
@@ -57,6 +110,36 @@ impl Plugin {
         resp.adjust = Some(adjustment(rec, &grant.uverbs, grant.rdma_cm.as_ref())).into();
         Ok(resp)
     }
+
+    fn configure_text(&self, text: &str) -> Result<(), PluginError> {
+        let cfg = NodeConfig::from_toml(text, "NRI plugin config")?;
+        let existing = self.node.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match existing {
+            Some(node) => node.set_config(cfg),
+            None => {
+                let (root, state) = (self.overrides.root(&cfg), self.overrides.state_dir(&cfg));
+                let node = Arc::new(NodeState::open(&root, &state, cfg)?);
+                spawn_refresher(node.clone());
+                *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Rescans sysfs periodically; discovery never runs on the CreateContainer path.
+pub fn spawn_refresher(node: Arc<NodeState>) {
+    let every = Duration::from_secs(node.config().refresh_seconds.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = node.refresh() {
+                warn!(error = %e, "rescan failed; keeping the previous inventory");
+            }
+        }
+    });
 }
 
 fn pod_ref(pod: &PodSandbox) -> PodRef {
@@ -72,28 +155,29 @@ fn pod_ref(pod: &PodSandbox) -> PodRef {
 impl conrdma_nri::Handler for Plugin {
     async fn configure(&self, req: ConfigureRequest) -> Result<EventMask, RpcError> {
         info!(runtime = %req.runtime_name, version = %req.runtime_version, "configured by runtime");
-        if !req.config.trim().is_empty() {
-            // A pre-launched plugin's config arrives here. Failing Configure would make containerd
-            // exit, so a bad config is logged and the previous one kept.
-            match NodeConfig::from_toml(&req.config, "NRI plugin config") {
-                Ok(cfg) => {
-                    if let Err(e) = self.node.set_config(cfg) {
-                        error!(error = %e, "applying NRI plugin config failed; keeping the previous inventory");
-                    }
-                }
-                Err(e) => error!(error = %e, "ignoring NRI plugin config"),
+        let deferred = self
+            .node
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if deferred || !req.config.trim().is_empty() {
+            // Failing Configure makes containerd drop the plugin (and exit, for a pre-launched
+            // one), so a bad config is logged and requesting pods are refused until it is fixed.
+            if let Err(e) = self.configure_text(&req.config) {
+                error!(error = %e, "NRI plugin config not applied");
             }
         }
         Ok(EventMask::CREATE_CONTAINER | EventMask::REMOVE_POD_SANDBOX)
     }
 
     async fn synchronize(&self, req: SynchronizeRequest) -> Result<Vec<ContainerUpdate>, RpcError> {
+        let node = self.node().map_err(RpcError::from)?;
         let pods = req.pods.iter().map(pod_ref);
         let ctrs = req
             .containers
             .iter()
             .map(|c| (c.pod_sandbox_id.as_str(), &c.annotations));
-        let out = self.node.reconcile(pods, ctrs).map_err(|e| {
+        let out = node.reconcile(pods, ctrs).map_err(|e| {
             error!(error = %e, "reconcile failed");
             RpcError::from(e)
         })?;
@@ -106,7 +190,7 @@ impl conrdma_nri::Handler for Plugin {
         info!(
             pods = req.pods.len(),
             containers = req.containers.len(),
-            held = self.node.held().len(),
+            held = node.held().len(),
             "synchronized"
         );
         Ok(vec![])
@@ -123,10 +207,10 @@ impl conrdma_nri::Handler for Plugin {
         if ev.event.enum_value() != Ok(Event::REMOVE_POD_SANDBOX) {
             return Ok(());
         }
-        let Some(pod) = ev.pod.as_ref() else {
+        let (Some(pod), Ok(node)) = (ev.pod.as_ref(), self.node()) else {
             return Ok(());
         };
-        match self.node.release(&pod.id) {
+        match node.release(&pod.id) {
             Ok(Some(h)) => {
                 info!(pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name),
                                  pf = %h.record.pf, vf = h.record.vf, guaranteed_mbps = h.record.guaranteed_mbps, "released")

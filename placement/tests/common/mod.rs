@@ -24,7 +24,11 @@ pub struct Server {
 pub async fn start(tune: impl FnOnce(&mut Config, &Path)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("# test credentials\n{TOKEN}\nshim-token\n")).unwrap();
+    std::fs::write(
+        &tokens,
+        format!("# test credentials\n{TOKEN}\nshim-token\n"),
+    )
+    .unwrap();
     let mut cfg = Config::with_tokens_file(&tokens);
     tune(&mut cfg, dir.path());
     let running = conrdma_placement::start("127.0.0.1:0".parse().unwrap(), cfg)
@@ -47,7 +51,31 @@ impl Reply {
 }
 
 /// One request on a fresh connection.
-pub async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
+pub async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Reply {
+    call_auth(
+        addr,
+        method,
+        path,
+        token.map(|t| format!("Bearer {t}")),
+        body,
+    )
+    .await
+}
+
+/// One request with a raw `Authorization` header value.
+pub async fn call_auth(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<String>,
+    body: &str,
+) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -58,8 +86,8 @@ pub async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str
         .uri(path)
         .header("host", "localhost")
         .header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
     }
     let resp = sender
         .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
@@ -80,7 +108,13 @@ pub async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str
     }
 }
 
-pub fn pf(name: &str, cap_gbps: u64, guaranteed_gbps: u64, vfs_total: u32, vfs_free: u32) -> PfReport {
+pub fn pf(
+    name: &str,
+    cap_gbps: u64,
+    guaranteed_gbps: u64,
+    vfs_total: u32,
+    vfs_free: u32,
+) -> PfReport {
     PfReport {
         name: name.into(),
         line_rate_mbps: cap_gbps * 1000,
@@ -102,11 +136,20 @@ pub fn node_report(node: &str, pfs: Vec<PfReport>) -> NodeReport {
 }
 
 pub async fn post_node(addr: SocketAddr, r: &NodeReport) {
-    let reply = call(addr, "POST", "/v1/reports/node", Some(TOKEN), &serde_json::to_string(r).unwrap()).await;
+    let reply = call(
+        addr,
+        "POST",
+        "/v1/reports/node",
+        Some(TOKEN),
+        &serde_json::to_string(r).unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
