@@ -56,6 +56,15 @@ pub enum CoreError {
     #[error("ledger {path} is unreadable ({reason}); refusing to start rather than double-book VFs: fix or move the file")]
     LedgerCorrupt { path: PathBuf, reason: String },
 
+    /// A VF rate could not be set or read; `class` says whose fault it is.
+    #[error("VF rate on {pf} vf {vf}: {reason}")]
+    Limiter {
+        pf: String,
+        vf: u32,
+        reason: String,
+        class: ErrorClass,
+    },
+
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -77,6 +86,7 @@ impl CoreError {
             CoreError::Config { .. }
             | CoreError::Discovery { .. }
             | CoreError::LedgerCorrupt { .. } => ErrorClass::Precondition,
+            CoreError::Limiter { class, .. } => *class,
             CoreError::Io { .. } => ErrorClass::Internal,
         }
     }

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod error;
 pub mod inventory;
 pub mod ledger;
+pub mod limiter;
 pub mod rate;
 pub mod report;
 pub mod request;

@@ -476,6 +476,61 @@ mod tests {
     }
 
     #[test]
+    fn from_inventory_counts_per_pf() {
+        use crate::discovery::CharDev;
+        use crate::inventory::{PfInv, PoolInv, VfInv};
+        let vf = |i: u32| VfInv {
+            index: i,
+            pci: format!("0000:3b:00.{i}"),
+            netdev: format!("v{i}"),
+            rdma_device: format!("mlx5_{i}"),
+            uverbs: CharDev {
+                name: format!("uverbs{i}"),
+                major: 231,
+                minor: i as i64,
+            },
+        };
+        let pfinv = |name: &str, cap: u64| PfInv {
+            name: name.into(),
+            pci: String::new(),
+            line_rate_mbps: cap,
+            capacity_mbps: cap / 2,
+            numa_node: None,
+            vfs: (0..4).map(vf).collect(),
+        };
+        let inv = Inventory {
+            pools: vec![PoolInv {
+                name: "default".into(),
+                pfs: vec![pfinv("a", 100_000), pfinv("b", 25_000)],
+            }],
+            rdma_cm: None,
+        };
+        let rec = |pf: &str, vf: u32, g: u64| AllocationRecord {
+            pool: "default".into(),
+            pf: pf.into(),
+            vf,
+            vf_pci: String::new(),
+            rdma_device: String::new(),
+            netdev: String::new(),
+            guaranteed_mbps: g,
+            limit_mbps: g,
+            uverbs: String::new(),
+            rdma_cgroup: String::new(),
+        };
+        let held = [rec("a", 0, 10_000), rec("a", 2, 5_000), rec("gone", 0, 1)];
+        let r = NodeReport::from_inventory("worker-1", 5, &inv, held.iter());
+        r.validate().unwrap();
+        let pool = &r.pools[0];
+        assert_eq!(
+            (pool.capacity_mbps, pool.guaranteed_mbps, pool.pods),
+            (62_500, 15_000, 2)
+        );
+        assert_eq!((pool.vfs_total, pool.vfs_free), (8, 6));
+        assert_eq!(pool.pfs[0].headroom_mbps(), 35_000);
+        assert_eq!((pool.pfs[1].guaranteed_mbps, pool.pfs[1].vfs_free), (0, 4));
+    }
+
+    #[test]
     fn usage_batch_round_trips_and_validates() {
         let b = UsageBatch::new(vec![usage()]);
         b.validate().unwrap();

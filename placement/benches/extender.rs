@@ -1,1 +1,205 @@
-fn main() {}
+//! Filter + prioritize over 5,000 nodes: in-process (JSON in, decision, JSON out: what one request
+//! costs the service) and over loopback HTTP with a kept-alive connection (what kube-scheduler sees).
+//! Prints p50/p99. Run: `cargo bench -p conrdma-placement --bench extender`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use conrdma_core::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
+use conrdma_placement::extender::ExtenderArgs;
+use conrdma_placement::store::{Settings, Store};
+use conrdma_placement::{verbs, Config};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+const NODES: usize = 5000;
+
+fn reports() -> Vec<NodeReport> {
+    let mut x: u64 = 7;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    (0..NODES)
+        .map(|i| {
+            let line = [25_000, 100_000, 200_000][i % 3];
+            let pfs = (0..2)
+                .map(|j| {
+                    let free = rnd(9) as u32;
+                    PfReport {
+                        name: format!("ens{j}"),
+                        line_rate_mbps: line,
+                        capacity_mbps: line,
+                        guaranteed_mbps: rnd(line + 1),
+                        pods: 8 - free,
+                        vfs_total: 8,
+                        vfs_free: free,
+                    }
+                })
+                .collect();
+            NodeReport {
+                version: REPORT_VERSION,
+                node: format!("node-{i:05}"),
+                time_unix_ms: 0,
+                pools: vec![PoolReport::from_pfs("default", pfs)],
+            }
+        })
+        .collect()
+}
+
+fn body(names: &[String]) -> String {
+    let mut pod = common::fixture("extender-args-node-names.json")["Pod"].clone();
+    pod["metadata"]["annotations"]["rdma.conrdma.io/bandwidth"] = json!("25Gbps");
+    json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string()
+}
+
+fn pct(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    (at(0.50), at(0.99), *v.last().unwrap_or(&Duration::ZERO))
+}
+
+fn show(what: &str, v: Vec<Duration>) {
+    let n = v.len();
+    let (p50, p99, max) = pct(v);
+    println!(
+        "{what:<58} n={n:<5} p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+}
+
+fn main() {
+    let reports = reports();
+    let names: Vec<String> = reports.iter().map(|r| r.node.clone()).collect();
+    let body = body(&names);
+    println!(
+        "filter+prioritize over {NODES} nodes (2 PFs each, nodeCacheCapable bodies of {} KiB)",
+        body.len() / 1024
+    );
+
+    // In process: exactly what the handlers do, minus the socket.
+    let cfg = Config::with_tokens_file("/dev/null");
+    let mut store = Store::new(Settings::from(&cfg));
+    let now = Instant::now();
+    for r in &reports {
+        store.put_node(r.clone(), now, 0);
+    }
+    let mut samples = Vec::new();
+    let mut passed = 0;
+    let (mut parse, mut decide, mut encode) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for i in 0..600 {
+        let t = Instant::now();
+        let args: ExtenderArgs = serde_json::from_str(&body).unwrap();
+        let tp = Instant::now();
+        let f = verbs::filter(&store, args, Instant::now()).unwrap();
+        let td = Instant::now();
+        let out = serde_json::to_vec(&f).unwrap();
+        if i >= 100 {
+            parse += tp - t;
+            decide += td - tp;
+            encode += td.elapsed();
+        }
+        let kept = f.node_names.unwrap_or_default();
+        passed = kept.len();
+        let pbody = serde_json::to_vec(&json!({"Pod": {"metadata": {"annotations": {"rdma.conrdma.io/bandwidth": "25Gbps"}}}, "NodeNames": kept})).unwrap();
+        let t2 = Instant::now(); // building the prioritize body is the scheduler's work, not ours
+        let args: ExtenderArgs = serde_json::from_slice(&pbody).unwrap();
+        let p = verbs::prioritize(&store, args, Instant::now()).unwrap();
+        let out2 = serde_json::to_vec(&p).unwrap();
+        let d = t2 - t + t2.elapsed();
+        std::hint::black_box((out, out2));
+        if i >= 100 {
+            samples.push(d);
+        }
+    }
+    println!(
+        "({passed} of {NODES} nodes pass the filter for a 25Gbps pod; filter mean: parse {:.3} ms, decide {:.3} ms, encode {:.3} ms)",
+        parse.as_secs_f64() * 2.0,
+        decide.as_secs_f64() * 2.0,
+        encode.as_secs_f64() * 2.0
+    );
+    show("in-process: parse + filter + prioritize + encode", samples);
+
+    // Full Node objects (nodeCacheCapable: false): realistic ~2.5 KiB objects, passed back unchanged.
+    let node = common::fixture("extender-args-nodes.json")["Nodes"]["items"][0].clone();
+    let items: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let mut o = node.clone();
+            o["metadata"]["name"] = json!(n);
+            o
+        })
+        .collect();
+    let mut pod = common::fixture("extender-args-node-names.json")["Pod"].clone();
+    pod["metadata"]["annotations"]["rdma.conrdma.io/bandwidth"] = json!("25Gbps");
+    let full = json!({"Pod": pod, "Nodes": {"metadata": {}, "items": items}, "NodeNames": null})
+        .to_string();
+    let mut samples = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        let args: ExtenderArgs = serde_json::from_str(&full).unwrap();
+        let f = verbs::filter(&store, args, Instant::now()).unwrap();
+        std::hint::black_box(serde_json::to_vec(&f).unwrap());
+        samples.push(t.elapsed());
+    }
+    show(
+        &format!(
+            "in-process: filter, full Node objects ({} MiB body)",
+            full.len() >> 20
+        ),
+        samples,
+    );
+
+    // Over loopback HTTP, one kept-alive connection, as kube-scheduler's client does.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = common::start(|_, _| {}).await;
+        for r in &reports {
+            common::post_node(s.addr, r).await;
+        }
+        let stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let mut post = async |path: &str, body: String| -> Bytes {
+            let req = hyper::Request::post(path)
+                .header("host", "localhost")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            sender.ready().await.unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap().to_bytes()
+        };
+        let (mut both, mut filter_only) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            let t = Instant::now();
+            let f = post("/filter", body.clone()).await;
+            let tf = t.elapsed();
+            let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
+            let pbody = json!({"Pod": {"metadata": {"annotations": {"rdma.conrdma.io/bandwidth": "25Gbps"}}}, "NodeNames": v["NodeNames"]}).to_string();
+            let t2 = Instant::now();
+            std::hint::black_box(post("/prioritize", pbody).await);
+            if i >= 50 {
+                filter_only.push(tf);
+                both.push(tf + t2.elapsed());
+            }
+        }
+        show("loopback HTTP: POST /filter", filter_only);
+        show("loopback HTTP: POST /filter + POST /prioritize", both);
+        s.running.stop().await.unwrap();
+    });
+}

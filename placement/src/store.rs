@@ -4,6 +4,7 @@
 //! the simulator passes simulated time, and both run exactly the same decision code.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conrdma_core::rate::format_mbps;
@@ -57,24 +58,92 @@ pub struct PodUsage {
     pub received: Instant,
 }
 
+/// Why a pod does not fit a node (or why the node is unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// No report ever arrived from the node.
+    NeverReported,
+    /// The node's last report is older than the TTL.
+    Stale,
+    /// The node reports no pool at all.
+    NoVfs,
+    /// The node has no pool of the name the pod asks for.
+    NoPool,
+    /// No PF of the node could carry the guarantee even when empty.
+    TooBig,
+    /// Every PF that could carry the guarantee has all its VFs in use.
+    NoFreeVf,
+    /// No PF with a free VF has the guarantee's headroom left.
+    NoHeadroom,
+}
+
+impl Why {
+    /// Whether evicting pods could make room (kube-scheduler may try preemption for these).
+    pub fn resolvable(self) -> bool {
+        matches!(self, Why::NoFreeVf | Why::NoHeadroom)
+    }
+}
+
 /// What the webhook thinks of one node for one pod.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
     /// The pod fits; `score` is the policy's preference from 0 to 100 (before scaling).
     Fits { score: u32 },
     /// No fresh report: treated as configured by `unknown_nodes`.
-    Unknown { reason: String },
-    /// The pod does not fit. `resolvable`: evicting pods could make room (kube-scheduler may try
-    /// preemption); otherwise the node can never take this pod as it is.
-    No { reason: String, resolvable: bool },
+    Unknown(Why),
+    /// The pod does not fit.
+    No(Why),
 }
 
 /// What `/filter` does with a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
-    Failed(String),
-    Unresolvable(String),
+    /// In `FailedNodes`: preemption could help.
+    Failed(Why),
+    /// In `FailedAndUnresolvableNodes`.
+    Unresolvable(Why),
+}
+
+/// The reason texts kube-scheduler shows, built once per request and shared by every node they
+/// apply to. Free of per-node numbers so kube-scheduler can aggregate them in the pod's events.
+pub struct Reasons {
+    texts: [Arc<str>; 7],
+}
+
+impl Reasons {
+    pub fn new(settings: &Settings, req: &Request) -> Reasons {
+        let ask = format_mbps(req.guaranteed_mbps());
+        let in_pool = req
+            .pool
+            .as_deref()
+            .map(|p| format!(" in pool {p:?}"))
+            .unwrap_or_default();
+        let t = |s: String| Arc::<str>::from(s);
+        Reasons {
+            texts: [
+                t("conrdma: no report from this node".into()),
+                t(format!(
+                    "conrdma: the node's last report is older than the {}s TTL",
+                    settings.node_ttl.as_secs()
+                )),
+                t("conrdma: no RDMA VFs on this node".into()),
+                t(format!(
+                    "conrdma: no RDMA pool {:?} on this node",
+                    req.pool.as_deref().unwrap_or_default()
+                )),
+                t(format!("conrdma: no PF{in_pool} can guarantee {ask}")),
+                t(format!("conrdma: no free VF{in_pool}")),
+                t(format!(
+                    "conrdma: no PF{in_pool} with a free VF has {ask} of guarantee left"
+                )),
+            ],
+        }
+    }
+
+    pub fn text(&self, why: Why) -> &Arc<str> {
+        &self.texts[why as usize]
+    }
 }
 
 pub struct Store {
@@ -168,15 +237,10 @@ impl Store {
         self.usage.retain(|_, pods| !pods.is_empty());
     }
 
-    fn fresh<'a>(&'a self, node: &str, now: Instant) -> Result<&'a NodeEntry, String> {
-        let Some(e) = self.nodes.get(node) else {
-            return Err("conrdma: no report from this node".to_string());
-        };
+    fn fresh<'a>(&'a self, node: &str, now: Instant) -> Result<&'a NodeEntry, Why> {
+        let e = self.nodes.get(node).ok_or(Why::NeverReported)?;
         if now.saturating_duration_since(e.received) > self.settings.node_ttl {
-            return Err(format!(
-                "conrdma: the node's last report is older than the {}s TTL",
-                self.settings.node_ttl.as_secs()
-            ));
+            return Err(Why::Stale);
         }
         Ok(e)
     }
@@ -198,15 +262,10 @@ impl Store {
     pub fn evaluate(&self, node: &str, req: &Request, now: Instant) -> Fit {
         let entry = match self.fresh(node, now) {
             Ok(e) => e,
-            Err(reason) => return Fit::Unknown { reason },
+            Err(why) => return Fit::Unknown(why),
         };
         let ask = req.guaranteed_mbps();
         let in_pool = |name: &str| req.pool.as_deref().is_none_or(|p| p == name);
-        let pool_note = req
-            .pool
-            .as_deref()
-            .map(|p| format!(" in pool {p:?}"))
-            .unwrap_or_default();
         let (mut any_pool, mut any_cap, mut any_vf) = (false, false, false);
         let mut best: Option<f64> = None;
         let mut pool_capacity = 0u64;
@@ -237,31 +296,19 @@ impl Store {
             }
         }
         let Some(best) = best else {
-            let (reason, resolvable) = if !any_pool {
-                match &req.pool {
-                    Some(p) => (format!("conrdma: no RDMA pool {p:?} on this node"), false),
-                    None => ("conrdma: no RDMA VFs on this node".to_string(), false),
+            return Fit::No(if !any_pool {
+                if req.pool.is_some() {
+                    Why::NoPool
+                } else {
+                    Why::NoVfs
                 }
             } else if !any_cap {
-                (
-                    format!(
-                        "conrdma: no PF{pool_note} can guarantee {}",
-                        format_mbps(ask)
-                    ),
-                    false,
-                )
+                Why::TooBig
             } else if !any_vf {
-                (format!("conrdma: no free VF{pool_note}"), true)
+                Why::NoFreeVf
             } else {
-                (
-                    format!(
-                        "conrdma: no PF{pool_note} with a free VF has {} of guarantee left",
-                        format_mbps(ask)
-                    ),
-                    true,
-                )
-            };
-            return Fit::No { reason, resolvable };
+                Why::NoHeadroom
+            });
         };
         let share = match self.settings.policy {
             Policy::BestFit | Policy::Spread => best,
@@ -280,29 +327,33 @@ impl Store {
     }
 
     /// The `/filter` outcome for a fit.
-    pub fn verdict(&self, fit: &Fit) -> Verdict {
+    pub fn verdict(&self, fit: Fit) -> Verdict {
         match fit {
             Fit::Fits { .. } => Verdict::Pass,
-            Fit::Unknown { reason } => match self.settings.unknown_nodes {
+            Fit::Unknown(why) => match self.settings.unknown_nodes {
                 UnknownNodes::Neutral => Verdict::Pass,
-                UnknownNodes::Exclude => Verdict::Unresolvable(reason.clone()),
+                UnknownNodes::Exclude => Verdict::Unresolvable(why),
             },
-            Fit::No {
-                reason,
-                resolvable: true,
-            } => Verdict::Failed(reason.clone()),
-            Fit::No {
-                reason,
-                resolvable: false,
-            } => Verdict::Unresolvable(reason.clone()),
+            Fit::No(why) if why.resolvable() => Verdict::Failed(why),
+            Fit::No(why) => Verdict::Unresolvable(why),
+        }
+    }
+
+    /// The text kube-scheduler would show for a fit (tests, tools; the verbs share [`Reasons`]).
+    pub fn reason(&self, fit: Fit, req: &Request) -> Option<String> {
+        match fit {
+            Fit::Fits { .. } => None,
+            Fit::Unknown(why) | Fit::No(why) => {
+                Some(Reasons::new(&self.settings, req).text(why).to_string())
+            }
         }
     }
 
     /// The `/prioritize` score for a fit, from 0 to `max_score`.
-    pub fn score(&self, fit: &Fit) -> i64 {
+    pub fn score(&self, fit: Fit) -> i64 {
         let share = match fit {
-            Fit::Fits { score } => *score as i64,
-            Fit::Unknown { .. } if self.settings.unknown_nodes == UnknownNodes::Neutral => 50,
+            Fit::Fits { score } => score as i64,
+            Fit::Unknown(_) if self.settings.unknown_nodes == UnknownNodes::Neutral => 50,
             _ => 0,
         };
         (share * self.settings.max_score + 50) / 100

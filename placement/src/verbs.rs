@@ -23,10 +23,11 @@ pub fn pod_request(args: &ExtenderArgs) -> Result<Result<Option<Request>, String
     Ok(Request::from_annotations(ann).map_err(|e| format!("conrdma: pod annotations: {e}")))
 }
 
-/// The candidate node names, from `NodeNames` (nodeCacheCapable) or the `Nodes` list.
-fn candidate_names(args: &ExtenderArgs) -> Result<Vec<String>> {
-    if let Some(names) = &args.node_names {
-        return Ok(names.clone());
+/// The candidate node names, from `NodeNames` (nodeCacheCapable; taken out of `args`) or the
+/// `Nodes` list (left in place).
+fn candidate_names(args: &mut ExtenderArgs) -> Result<Vec<String>> {
+    if let Some(names) = args.node_names.take() {
+        return Ok(names);
     }
     let Some(list) = &args.nodes else {
         return Err(PlacementError::bad(
@@ -52,7 +53,7 @@ fn candidate_names(args: &ExtenderArgs) -> Result<Vec<String>> {
 }
 
 /// `POST /filter`: keeps the nodes that can admit the pod's guarantee on one PF with a free VF.
-pub fn filter(store: &Store, args: ExtenderArgs, now: Instant) -> Result<ExtenderFilterResult> {
+pub fn filter(store: &Store, mut args: ExtenderArgs, now: Instant) -> Result<ExtenderFilterResult> {
     let req = pod_request(&args)?;
     let by_names = args.node_names.is_some();
     if by_names && args.nodes.is_some() {
@@ -72,7 +73,7 @@ pub fn filter(store: &Store, args: ExtenderArgs, now: Instant) -> Result<Extende
             return Ok(out);
         }
         Err(reason) => {
-            let names = candidate_names(&args)?;
+            let names = candidate_names(&mut args)?;
             let mut out = ExtenderFilterResult::default();
             for n in names {
                 out.failed_and_unresolvable_nodes.insert(n, reason.clone());
@@ -85,7 +86,7 @@ pub fn filter(store: &Store, args: ExtenderArgs, now: Instant) -> Result<Extende
             return Ok(out);
         }
     };
-    let names = candidate_names(&args)?;
+    let names = candidate_names(&mut args)?;
     let mut out = ExtenderFilterResult::default();
     let mut keep = vec![false; names.len()];
     for (i, n) in names.iter().enumerate() {
@@ -122,9 +123,13 @@ pub fn filter(store: &Store, args: ExtenderArgs, now: Instant) -> Result<Extende
 
 /// `POST /prioritize`: scores every candidate from 0 to `max_score` by the configured policy.
 /// Pods that are not ours (or invalid) get 0 everywhere, which changes no ranking.
-pub fn prioritize(store: &Store, args: ExtenderArgs, now: Instant) -> Result<Vec<HostPriority>> {
+pub fn prioritize(
+    store: &Store,
+    mut args: ExtenderArgs,
+    now: Instant,
+) -> Result<Vec<HostPriority>> {
     let req = pod_request(&args)?;
-    let names = candidate_names(&args)?;
+    let names = candidate_names(&mut args)?;
     let req = match req {
         Ok(Some(r)) => r,
         Ok(None) | Err(_) => {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job: a local ConRDMA node on a simulated SR-IOV NIC (2 PFs x 8 VFs at 100Gbps), an
+# isolated containerd 1.7 with NRI, the ConRDMA NRI plugin, and a demo pod that asks for bandwidth;
+# prints what the pod got. Extra arguments go to conrdma-local-node (e.g. --hold to keep the node
+# up for crictl, --bandwidth 10Gbps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "hack/demo.sh: containerd and runc need root; re-run with sudo" >&2
+  exit 2
+fi
+bash hack/install-deps.sh >/dev/null
+cargo build --locked --quiet --workspace --bins
+exec target/debug/conrdma-local-node "$@"

@@ -1,0 +1,88 @@
+//! The shim's one error type, mapped onto ttrpc status codes for containerd (which shows the
+//! message to the kubelet, so every message is one line that says what to do).
+
+use conrdma_core::error::ErrorClass;
+use conrdma_core::CoreError;
+use ttrpc::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// Fail closed: the container must not run as asked (e.g. it lost its allocation).
+    #[error("conrdma: {0}")]
+    Refused(String),
+
+    /// Something in the request or its spec is malformed.
+    #[error("conrdma: {0}")]
+    Invalid(String),
+
+    /// The runtime's options table (containerd config) is wrong.
+    #[error("conrdma: runtime options: {0}")]
+    Config(String),
+
+    /// The domain library refused or failed (rates, annotations, limiter).
+    #[error("conrdma: {0}")]
+    Core(#[from] CoreError),
+
+    /// The runc shim we delegate to is gone or did not answer.
+    #[error("conrdma: runc shim: {0}")]
+    Child(String),
+
+    #[error("conrdma: {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = ShimError> = std::result::Result<T, E>;
+
+impl ShimError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> ShimError {
+        ShimError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            ShimError::Refused(_) => Code::FAILED_PRECONDITION,
+            ShimError::Invalid(_) | ShimError::Config(_) => Code::INVALID_ARGUMENT,
+            ShimError::Core(e) => match e.class() {
+                ErrorClass::InvalidInput => Code::INVALID_ARGUMENT,
+                ErrorClass::Exhausted => Code::RESOURCE_EXHAUSTED,
+                ErrorClass::NotFound => Code::NOT_FOUND,
+                ErrorClass::Precondition => Code::FAILED_PRECONDITION,
+                ErrorClass::Internal => Code::INTERNAL,
+            },
+            ShimError::Child(_) => Code::UNAVAILABLE,
+            ShimError::Io { .. } => Code::INTERNAL,
+        }
+    }
+
+    pub fn status(&self) -> ttrpc::Status {
+        ttrpc::get_status(self.code(), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(
+            ShimError::Refused("x".into()).code(),
+            Code::FAILED_PRECONDITION
+        );
+        let e = ShimError::Core(CoreError::NotFound("no VF".into()));
+        assert_eq!(e.code(), Code::NOT_FOUND);
+        let s = e.status();
+        assert_eq!(s.message, "conrdma: no VF");
+        assert_eq!(
+            ShimError::Config("bad".into()).to_string(),
+            "conrdma: runtime options: bad"
+        );
+    }
+}

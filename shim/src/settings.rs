@@ -1,0 +1,352 @@
+//! The shim's settings: the runtime's `options` table in containerd's config, which CRI hands to
+//! the shim as TOML text (`runtimeoptions.v1.Options.config_body`) on `start`'s stdin and in every
+//! task Create. Unknown keys are refused, so a misspelt setting fails the pod's start with a clear
+//! message instead of silently running without limits or reports.
+//!
+//! ```toml
+//! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.conrdma.options]
+//! webhook_url = "http://conrdma-placement.kube-system:8080/v1/reports/usage"
+//! credential_file = "/etc/conrdma/shim-token"
+//! report_interval = "10s"
+//! limiter = "netlink"          # or "simulated" with sysfs_root
+//! SystemdCgroup = true         # runc options pass through to the runc shim
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use conrdma_core::limiter::LimiterSpec;
+use containerd_shim_protos::shim::oci::Options as RuncOptions;
+use serde::Deserialize;
+
+use crate::error::{Result, ShimError};
+
+pub const DEFAULT_SPOOL_DIR: &str = "/run/conrdma/shim/spool";
+pub const DEFAULT_SPOOL_MAX: usize = 10_000;
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
+/// The system CA bundle used for an https webhook when no `ca_file` is set.
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    webhook_url: Option<String>,
+    credential_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    report_interval: Option<toml::Value>,
+    node_name: Option<String>,
+    spool_dir: Option<PathBuf>,
+    spool_max_reports: Option<usize>,
+    limiter: Option<String>,
+    sysfs_root: Option<PathBuf>,
+    runc_shim: Option<PathBuf>,
+    // runc's own options (containerd's names for containerd.runc.v1.Options), passed through.
+    #[serde(rename = "NoPivotRoot")]
+    no_pivot_root: Option<bool>,
+    #[serde(rename = "NoNewKeyring")]
+    no_new_keyring: Option<bool>,
+    #[serde(rename = "ShimCgroup")]
+    shim_cgroup: Option<String>,
+    #[serde(rename = "IoUid")]
+    io_uid: Option<u32>,
+    #[serde(rename = "IoGid")]
+    io_gid: Option<u32>,
+    #[serde(rename = "BinaryName")]
+    binary_name: Option<String>,
+    #[serde(rename = "Root")]
+    root: Option<String>,
+    #[serde(rename = "SystemdCgroup")]
+    systemd_cgroup: Option<bool>,
+    #[serde(rename = "CriuImagePath")]
+    criu_image_path: Option<String>,
+    #[serde(rename = "CriuWorkPath")]
+    criu_work_path: Option<String>,
+}
+
+/// Where and how usage reports go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    pub url: String,
+    pub credential_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub interval: Duration,
+    pub node: String,
+    pub spool_dir: PathBuf,
+    pub spool_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// None: no webhook configured, no reports.
+    pub reports: Option<ReportSettings>,
+    pub limiter: LimiterSpec,
+    /// The runc options to give the runc shim (None: send it none, it uses its defaults).
+    pub runc: Option<RuncOptions>,
+    /// Explicit path of the runc shim binary; None = look it up.
+    pub runc_shim: Option<PathBuf>,
+    /// The TOML text these settings came from (handed to the server process verbatim).
+    pub source: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            reports: None,
+            limiter: LimiterSpec::Netlink,
+            runc: None,
+            runc_shim: None,
+            source: String::new(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_toml(text: &str) -> Result<Settings> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            ShimError::Config(format!(
+                "{}; accepted keys: webhook_url, credential_file, ca_file, report_interval, node_name, spool_dir, spool_max_reports, limiter, sysfs_root, runc_shim and runc's NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid, BinaryName, Root, SystemdCgroup, CriuImagePath, CriuWorkPath",
+                one_line(&e.to_string())
+            ))
+        })?;
+        let limiter = match (raw.limiter.as_deref(), raw.sysfs_root) {
+            (None | Some("netlink"), None) => LimiterSpec::Netlink,
+            (None | Some("netlink"), Some(_)) => {
+                return Err(ShimError::Config(
+                    "sysfs_root is only used with limiter = \"simulated\"".into(),
+                ))
+            }
+            (Some("simulated"), Some(root)) => LimiterSpec::Simulated { root },
+            (Some("simulated"), None) => {
+                return Err(ShimError::Config(
+                    "limiter = \"simulated\" needs sysfs_root (the simulated NIC's root)".into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(ShimError::Config(format!(
+                    "limiter {other:?} is not known; accepted: \"netlink\", \"simulated\""
+                )))
+            }
+        };
+        let reports = match raw.webhook_url {
+            None => {
+                if raw.credential_file.is_some() || raw.report_interval.is_some() {
+                    return Err(ShimError::Config(
+                        "credential_file and report_interval need webhook_url".into(),
+                    ));
+                }
+                None
+            }
+            Some(url) => {
+                crate::http::Url::parse(&url).map_err(ShimError::Config)?;
+                let interval = match &raw.report_interval {
+                    None => DEFAULT_INTERVAL,
+                    Some(v) => parse_interval(v)?,
+                };
+                Some(ReportSettings {
+                    url,
+                    credential_file: raw.credential_file,
+                    ca_file: raw.ca_file,
+                    interval,
+                    node: node_name(raw.node_name)?,
+                    spool_dir: raw
+                        .spool_dir
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+                    spool_max: raw.spool_max_reports.unwrap_or(DEFAULT_SPOOL_MAX).max(1),
+                })
+            }
+        };
+        let mut runc = RuncOptions::new();
+        let mut any = false;
+        macro_rules! pass {
+            ($field:ident) => {
+                if let Some(v) = raw.$field {
+                    runc.$field = v;
+                    any = true;
+                }
+            };
+        }
+        pass!(no_pivot_root);
+        pass!(no_new_keyring);
+        pass!(shim_cgroup);
+        pass!(io_uid);
+        pass!(io_gid);
+        pass!(binary_name);
+        pass!(root);
+        pass!(systemd_cgroup);
+        pass!(criu_image_path);
+        pass!(criu_work_path);
+        Ok(Settings {
+            reports,
+            limiter,
+            runc: any.then_some(runc),
+            runc_shim: raw.runc_shim,
+            source: text.to_string(),
+        })
+    }
+
+    /// The runc shim binary: `runc_shim` if set, else `containerd-shim-runc-v2` from `PATH`,
+    /// then beside containerd (`publish_binary`), then beside this binary.
+    pub fn runc_shim_path(&self, publish_binary: &str) -> Result<PathBuf> {
+        if let Some(p) = &self.runc_shim {
+            return Ok(p.clone());
+        }
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        if let Some(d) = Path::new(publish_binary).parent() {
+            dirs.push(d.to_path_buf());
+        }
+        if let Some(d) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            dirs.push(d);
+        }
+        dirs.into_iter()
+            .map(|d| d.join(RUNC_SHIM))
+            .find(|p| is_executable(p))
+            .ok_or_else(|| {
+                ShimError::Config(format!(
+                    "{RUNC_SHIM} not found in PATH or beside containerd; install it or set runc_shim"
+                ))
+            })
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `10`, `"10s"`, `"500ms"`, `"2m"`; at least 100 ms.
+pub fn parse_interval(v: &toml::Value) -> Result<Duration> {
+    let bad = || {
+        ShimError::Config(format!(
+            "report_interval {v} is not a duration; accepted: whole seconds or a string like \"10s\", \"500ms\", \"1m\" (at least 100ms)"
+        ))
+    };
+    let d = match v {
+        toml::Value::Integer(n) if *n > 0 => Duration::from_secs(*n as u64),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let (num, unit) = s
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or((s, ""), |i| s.split_at(i));
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            match unit.trim() {
+                "ms" => Duration::from_millis(n),
+                "s" | "" => Duration::from_secs(n),
+                "m" => Duration::from_secs(n.saturating_mul(60)),
+                _ => return Err(bad()),
+            }
+        }
+        _ => return Err(bad()),
+    };
+    if d < Duration::from_millis(100) {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+/// The node name reports carry: `node_name`, else `$NODE_NAME`, else the host name (lowercased).
+fn node_name(configured: Option<String>) -> Result<String> {
+    let name = configured
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.is_empty() {
+        return Err(ShimError::Config(
+            "no node name: set node_name (or NODE_NAME in containerd's environment)".into(),
+        ));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_table() {
+        let s = Settings::from_toml(
+            r#"
+            webhook_url = "http://127.0.0.1:8080/v1/reports/usage"
+            credential_file = "/etc/conrdma/token"
+            report_interval = "250ms"
+            node_name = "Worker-1"
+            spool_dir = "/tmp/spool"
+            spool_max_reports = 50
+            limiter = "simulated"
+            sysfs_root = "/tmp/nic"
+            SystemdCgroup = true
+            Root = "/run/x"
+            "#,
+        )
+        .unwrap();
+        let r = s.reports.unwrap();
+        assert_eq!(r.interval, Duration::from_millis(250));
+        assert_eq!(r.node, "worker-1");
+        assert_eq!(r.spool_max, 50);
+        assert_eq!(
+            s.limiter,
+            LimiterSpec::Simulated {
+                root: "/tmp/nic".into()
+            }
+        );
+        let runc = s.runc.unwrap();
+        assert!(runc.systemd_cgroup);
+        assert_eq!(runc.root, "/run/x");
+    }
+
+    #[test]
+    fn empty_table_is_netlink_without_reports() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.limiter, LimiterSpec::Netlink);
+        assert!(s.reports.is_none() && s.runc.is_none());
+    }
+
+    #[test]
+    fn refusals_are_clear() {
+        for (text, needle) in [
+            ("webhok_url = \"x\"", "unknown field `webhok_url`"),
+            ("limiter = \"simulated\"", "needs sysfs_root"),
+            ("limiter = \"tc\"", "accepted: \"netlink\", \"simulated\""),
+            ("sysfs_root = \"/x\"", "only used with limiter"),
+            ("report_interval = 5", "need webhook_url"),
+            ("webhook_url = \"ftp://x\"", "http:// or https://"),
+            (
+                "webhook_url = \"http://h/\"\nreport_interval = \"5 fortnights\"",
+                "not a duration",
+            ),
+            ("webhook_url = \"http://h/\"\nreport_interval = \"10ms\"", "at least 100ms"),
+        ] {
+            let e = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(
+            parse_interval(&toml::Value::Integer(3)).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            parse_interval(&toml::Value::String("2m".into())).unwrap(),
+            Duration::from_secs(120)
+        );
+    }
+}

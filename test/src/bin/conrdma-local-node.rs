@@ -1,0 +1,220 @@
+//! The main job: a local ConRDMA node on a simulated SR-IOV NIC. Builds the NIC, starts an isolated
+//! containerd 1.7 with NRI and the ConRDMA NRI plugin, runs a demo pod that asks for bandwidth and
+//! shows what it got, from the spec and from inside the container. `--hold` keeps the node up for
+//! crictl until Ctrl-C.
+
+use std::process::Command;
+use std::time::Duration;
+
+use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions};
+
+const USAGE: &str = "usage: conrdma-local-node [--hold] [--pfs N] [--vfs N] [--speed RATE] [--bandwidth RATE] [--limit RATE]";
+
+struct Opts {
+    hold: bool,
+    pfs: String,
+    vfs: String,
+    speed: String,
+    bandwidth: String,
+    limit: String,
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        hold: false,
+        pfs: "2".into(),
+        vfs: "8".into(),
+        speed: "100Gbps".into(),
+        bandwidth: "25Gbps".into(),
+        limit: "40Gbps".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || {
+            args.next()
+                .ok_or_else(|| format!("{a} needs a value; {USAGE}"))
+        };
+        match a.as_str() {
+            "--hold" => o.hold = true,
+            "--pfs" => o.pfs = val()?,
+            "--vfs" => o.vfs = val()?,
+            "--speed" => o.speed = val()?,
+            "--bandwidth" => o.bandwidth = val()?,
+            "--limit" => o.limit = val()?,
+            _ => return Err(format!("unknown argument {a:?}; {USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conrdma-local-node: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let o = parse()?;
+    let work = tempfile::Builder::new()
+        .prefix("conrdma-node-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let nic = work.path().join("nic");
+    let ctl = workspace_bin("conrdmactl").map_err(|e| e.to_string())?;
+    step(&format!(
+        "simulated NIC: {} PFs x {} VFs at {}",
+        o.pfs, o.vfs, o.speed
+    ));
+    run_cmd(
+        Command::new(&ctl)
+            .args([
+                "simulate-nic",
+                "--pfs",
+                &o.pfs,
+                "--vfs",
+                &o.vfs,
+                "--speed",
+                &o.speed,
+                "--root",
+            ])
+            .arg(&nic),
+    )?;
+    let config = work.path().join("node.toml");
+    std::fs::write(&config, "admission_ratio = 1.0\n\n[[pool]]\nname = \"fabric-a\"\npfs = [\"ens1f0\", \"ens1f1\"]\n\n[rdma_cgroup]\nhca_handles = 16\nhca_objects = 4096\n")
+        .map_err(|e| e.to_string())?;
+
+    step("containerd 1.7 with NRI (isolated: its own root, state and sockets)");
+    let mut cd = Containerd::start(ContainerdOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mark = cd.log_mark();
+    let state = work.path().join("state");
+    let plugin_bin = workspace_bin("conrdma-nri-plugin").map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&plugin_bin);
+    cmd.arg("--socket")
+        .arg(cd.nri_socket())
+        .arg("--root")
+        .arg(&nic)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--config")
+        .arg(&config);
+    let plugin = cd
+        .spawn_process("nri-plugin", &mut cmd)
+        .map_err(|e| e.to_string())?;
+    cd.wait_for_plugin_since(mark, "10-conrdma", Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    step(&format!(
+        "NRI plugin connected (log: {})",
+        plugin.log_path().display()
+    ));
+
+    let cri = cd.cri();
+    let ann = [
+        ("rdma.conrdma.io/bandwidth", o.bandwidth.as_str()),
+        ("rdma.conrdma.io/bandwidth-limit", o.limit.as_str()),
+    ];
+    step(&format!(
+        "demo pod asks: rdma.conrdma.io/bandwidth={} bandwidth-limit={}",
+        o.bandwidth, o.limit
+    ));
+    let pod = cri
+        .run_pod("rdma-demo", "default", "demo-uid", &ann)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    let ctr = match cri
+        .run_container(&pod, "trainer", "", &["sleep", "3600"], &[])
+        .await
+    {
+        Ok(c) => c,
+        Err(s) => {
+            let _ = cri.stop_and_remove_pod(&pod).await;
+            return Err(format!("the node refused the pod: {}", s.message()));
+        }
+    };
+    let spec = cri
+        .container_status_verbose(&ctr)
+        .await
+        .map_err(|s| s.message().to_string())?["runtimeSpec"]
+        .clone();
+    let alloc = spec["annotations"]["rdma.conrdma.io/allocation"]
+        .as_str()
+        .unwrap_or("(none)");
+    step("what it got (annotation rdma.conrdma.io/allocation, as `crictl inspect` shows it):");
+    let pretty = serde_json::from_str::<serde_json::Value>(alloc)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or(alloc.to_string());
+    println!("{pretty}");
+    step("inside the container: ls -l /dev/infiniband; env | grep CONRDMA_");
+    let (_, out, _) = cri
+        .exec_sync(
+            &ctr,
+            &[
+                "sh",
+                "-c",
+                "ls -l /dev/infiniband; env | grep CONRDMA_ | sort",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|s| s.message().to_string())?;
+    print!("{out}");
+    step("a second pod asking more than is left is refused:");
+    let big = [("rdma.conrdma.io/bandwidth", "190Gbps")];
+    let pod2 = cri
+        .run_pod("too-big", "default", "big-uid", &big)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    match cri
+        .run_container(&pod2, "main", "", &["sleep", "1"], &[])
+        .await
+    {
+        Ok(_) => println!("(unexpectedly admitted)"),
+        Err(s) => println!("{}", s.message()),
+    }
+    let _ = cri.stop_and_remove_pod(&pod2).await;
+    step("node status (conrdmactl status):");
+    run_cmd(
+        Command::new(&ctl)
+            .arg("status")
+            .arg("--root")
+            .arg(&nic)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--config")
+            .arg(&config),
+    )?;
+
+    if o.hold {
+        step(&format!(
+            "node is up; try: crictl --runtime-endpoint unix://{} inspect {ctr}   (Ctrl-C to stop)",
+            cd.socket().display()
+        ));
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    step("removing the demo pod and stopping the node");
+    cri.stop_and_remove_pod(&pod)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    drop(plugin);
+    cd.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn step(msg: &str) {
+    println!("\n==> {msg}");
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("{cmd:?} failed: {status}"))
+}
