@@ -39,6 +39,40 @@ pub struct NodeConfig {
     /// Where the ledger lives (flag wins, as for `sysfs_root`).
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Rate enforcement by the plugin itself, for pods that do not run under the ConRDMA shim.
+    #[serde(default)]
+    pub enforce: EnforceConfig,
+}
+
+/// `[enforce]`: whether the NRI plugin sets VF rates for pods the ConRDMA shim does not run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforceConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `netlink` (real PFs) or `simulated` (the simulated NIC under `sysfs_root`).
+    #[serde(default = "default_limiter")]
+    pub limiter: String,
+    /// Runtime handlers whose pods the ConRDMA shim enforces; the plugin leaves those alone.
+    #[serde(default = "default_shim_handlers")]
+    pub shim_runtime_handlers: Vec<String>,
+}
+
+impl Default for EnforceConfig {
+    fn default() -> Self {
+        EnforceConfig {
+            enabled: false,
+            limiter: default_limiter(),
+            shim_runtime_handlers: default_shim_handlers(),
+        }
+    }
+}
+
+fn default_limiter() -> String {
+    "netlink".to_string()
+}
+fn default_shim_handlers() -> Vec<String> {
+    vec!["conrdma".to_string()]
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -77,6 +111,7 @@ impl Default for NodeConfig {
             refresh_seconds: default_refresh(),
             sysfs_root: None,
             state_dir: None,
+            enforce: EnforceConfig::default(),
         }
     }
 }
@@ -115,6 +150,12 @@ impl NodeConfig {
                     )));
                 }
             }
+        }
+        if !["netlink", "simulated"].contains(&cfg.enforce.limiter.as_str()) {
+            return Err(bad(format!(
+                "enforce.limiter = {:?} is not one of \"netlink\", \"simulated\"",
+                cfg.enforce.limiter
+            )));
         }
         for (pf, speed) in &cfg.pf_speed {
             Rate::parse(speed).map_err(|e| bad(format!("pf_speed.{pf}: {e}")))?;

@@ -38,6 +38,10 @@ pub struct PodRef {
 pub struct Held {
     pub pod: PodRef,
     pub record: AllocationRecord,
+    /// The plugin itself set this VF's rate (the pod does not run under the ConRDMA shim), so the
+    /// plugin resets it at release.
+    #[serde(default)]
+    pub plugin_enforced: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,7 +73,7 @@ pub struct PoolUsage {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reconciled {
     /// Pods that are gone: their VFs and bandwidth were freed.
-    pub released: Vec<PodRef>,
+    pub released: Vec<Held>,
     /// Allocations found on live containers but missing from the ledger: taken back in.
     pub adopted: Vec<PodRef>,
     /// Allocations found on live containers whose VF the ledger gives to another pod: left alone.
@@ -150,13 +154,13 @@ impl Ledger {
 
     /// Admits the pod and books a VF, or says why not. A pod that already holds a VF gets the same
     /// record again (its second container, or a retry), so this is idempotent. `finish` completes
-    /// the record (e.g. the rdma cgroup note) before it is written.
+    /// the entry (e.g. the rdma cgroup note) before it is written.
     pub fn admit(
         &mut self,
         inv: &Inventory,
         pod: &PodRef,
         req: &Request,
-        finish: impl FnOnce(&mut AllocationRecord),
+        finish: impl FnOnce(&mut Held),
     ) -> Result<(AllocationRecord, bool)> {
         if let Some(h) = self.held.get(&pod.id) {
             return Ok((h.record.clone(), false));
@@ -216,7 +220,7 @@ impl Ledger {
             req.limit
                 .map(|r| r.mbps())
                 .unwrap_or(if ask > 0 { ask } else { pf.line_rate_mbps });
-        let mut record = AllocationRecord {
+        let record = AllocationRecord {
             pool: pool.name.clone(),
             pf: pf.name.clone(),
             vf: vf.index,
@@ -229,14 +233,14 @@ impl Ledger {
             uverbs: vf.uverbs.dev_path(),
             rdma_cgroup: String::new(),
         };
-        finish(&mut record);
-        self.held.insert(
-            pod.id.clone(),
-            Held {
-                pod: pod.clone(),
-                record: record.clone(),
-            },
-        );
+        let mut held = Held {
+            pod: pod.clone(),
+            record,
+            plugin_enforced: false,
+        };
+        finish(&mut held);
+        let record = held.record.clone();
+        self.held.insert(pod.id.clone(), held);
         if let Err(e) = self.persist() {
             self.held.remove(&pod.id);
             return Err(e);
@@ -265,7 +269,7 @@ impl Ledger {
         self.held.retain(|id, h| {
             let keep = live.contains(id);
             if !keep {
-                out.released.push(h.pod.clone());
+                out.released.push(h.clone());
             }
             keep
         });

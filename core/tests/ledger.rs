@@ -236,7 +236,13 @@ fn reconcile_frees_gone_pods_and_adopts_recorded_ones() {
         .map(|s| s.to_string())
         .collect();
     let out = l.reconcile(&live, found).unwrap();
-    assert_eq!(out.released, vec![pod(1)]);
+    assert_eq!(
+        out.released
+            .iter()
+            .map(|h| h.pod.clone())
+            .collect::<Vec<_>>(),
+        vec![pod(1)]
+    );
     assert_eq!(out.adopted, vec![pod(3)]);
     assert_eq!(out.conflicts, vec![pod(4)]);
     assert_eq!(l.get("sandbox-3").unwrap().record, r3);

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use conrdma_core::discovery::{discover, CharDev};
 use conrdma_core::ledger::{Held, PodRef, Reconciled};
+use conrdma_core::limiter::{LimiterSpec, RateLimiter, VfRate};
 use conrdma_core::request::KEY_ALLOCATION;
 use conrdma_core::{AllocationRecord, Inventory, Ledger, NodeConfig, Request};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::adjust::rdma_cgroup_decision;
 use crate::cgroup::RdmaCgroup;
@@ -20,6 +21,8 @@ pub struct NodeState {
     inventory: RwLock<Arc<Inventory>>,
     ledger: Mutex<Ledger>,
     cgroup: RdmaCgroup,
+    /// Set when the node config asks the plugin to enforce rates itself (`[enforce] enabled`).
+    limiter: Option<Box<dyn RateLimiter>>,
 }
 
 /// What CreateContainer needs to adjust one container.
@@ -38,6 +41,15 @@ impl NodeState {
         let inventory = Inventory::build(&node, &cfg);
         let ledger = Ledger::open(state_dir)?;
         let cgroup = RdmaCgroup::detect(&cfg.cgroup_root);
+        let limiter = cfg.enforce.enabled.then(|| {
+            let spec = match cfg.enforce.limiter.as_str() {
+                "simulated" => LimiterSpec::Simulated {
+                    root: root.to_path_buf(),
+                },
+                _ => LimiterSpec::Netlink,
+            };
+            spec.build()
+        });
         info!(
             pfs = node.pfs.len(),
             vfs = inventory.vf_count(),
@@ -51,6 +63,7 @@ impl NodeState {
             inventory: RwLock::new(Arc::new(inventory)),
             ledger: Mutex::new(ledger),
             cgroup,
+            limiter,
         })
     }
 
@@ -94,13 +107,38 @@ impl NodeState {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits the pod (or finds its existing allocation) and resolves its device numbers.
-    pub fn grant(&self, pod: &PodRef, req: &Request) -> Result<Grant, PluginError> {
+    /// Admits the pod (or finds its existing allocation) and resolves its device numbers. Where the
+    /// plugin enforces rates for pods outside the ConRDMA runtime, it also sets the VF's rate, and
+    /// if that fails the admission is undone: an unenforced pod must not run unlimited.
+    pub fn grant(
+        &self,
+        pod: &PodRef,
+        req: &Request,
+        runtime_handler: &str,
+    ) -> Result<Grant, PluginError> {
         let inv = self.inventory();
         let cfg = self.config();
-        let (record, fresh) = self.ledger().admit(&inv, pod, req, |rec| {
-            rec.rdma_cgroup = rdma_cgroup_decision(self.cgroup, req, &cfg, &rec.rdma_device);
+        let enforce = self.enforces(&cfg, runtime_handler);
+        let (record, fresh) = self.ledger().admit(&inv, pod, req, |h| {
+            h.record.rdma_cgroup =
+                rdma_cgroup_decision(self.cgroup, req, &cfg, &h.record.rdma_device);
+            h.plugin_enforced = enforce;
         })?;
+        if let (true, true, Some(limiter)) = (fresh, enforce, &self.limiter) {
+            let rate = VfRate::new(record.guaranteed_mbps, record.limit_mbps);
+            match limiter.set(&record.pf, record.vf, rate) {
+                Ok(applied) if !applied.min_enforced => {
+                    warn!(pod_id = %pod.id, pf = %record.pf, vf = record.vf, note = ?applied.note, "guarantee not enforced in hardware; the limit is")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Err(undo) = self.release(&pod.id) {
+                        error!(pod_id = %pod.id, error = %undo, "undoing the admission failed");
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         let uverbs = inv
             .pf(&record.pf)
             .and_then(|(_, pf)| pf.vfs.iter().find(|v| v.index == record.vf))
@@ -119,30 +157,62 @@ impl NodeState {
         })
     }
 
-    pub fn release(&self, pod_id: &str) -> Result<Option<Held>, PluginError> {
-        Ok(self.ledger().release(pod_id)?)
+    /// Whether the plugin itself holds pods of this runtime handler to their rate.
+    fn enforces(&self, cfg: &NodeConfig, runtime_handler: &str) -> bool {
+        self.limiter.is_some()
+            && !cfg
+                .enforce
+                .shim_runtime_handlers
+                .iter()
+                .any(|h| h == runtime_handler)
     }
 
-    /// Reconciles the ledger with containerd's view: `pods` are the live sandboxes, `containers`
-    /// their live containers as (pod id, annotations).
+    /// Frees the pod's allocation, and its VF's rate where the plugin had set it.
+    pub fn release(&self, pod_id: &str) -> Result<Option<Held>, PluginError> {
+        let held = self.ledger().release(pod_id)?;
+        if let Some(h) = &held {
+            self.reset_rate(h);
+        }
+        Ok(held)
+    }
+
+    fn reset_rate(&self, h: &Held) {
+        if let (true, Some(limiter)) = (h.plugin_enforced, &self.limiter) {
+            // Idempotent; a failure leaves a stale limit on a now-free VF, which the next
+            // allocation of that VF overwrites.
+            if let Err(e) = limiter.reset(&h.record.pf, h.record.vf) {
+                error!(pod_id = %h.pod.id, pf = %h.record.pf, vf = h.record.vf, error = %e, "resetting the VF rate failed");
+            }
+        }
+    }
+
+    /// Reconciles the ledger with containerd's view: `pods` are the live sandboxes with their
+    /// runtime handler, `containers` their live containers as (pod id, annotations).
     pub fn reconcile<'a>(
         &self,
-        pods: impl IntoIterator<Item = PodRef>,
+        pods: impl IntoIterator<Item = (PodRef, &'a str)>,
         containers: impl IntoIterator<Item = (&'a str, &'a HashMap<String, String>)>,
     ) -> Result<Reconciled, PluginError> {
-        let pods: HashMap<String, PodRef> = pods.into_iter().map(|p| (p.id.clone(), p)).collect();
+        let cfg = self.config();
+        let pods: HashMap<String, (PodRef, &str)> = pods
+            .into_iter()
+            .map(|(p, h)| (p.id.clone(), (p, h)))
+            .collect();
         let live: HashSet<String> = pods.keys().cloned().collect();
         let mut found: HashMap<String, Held> = HashMap::new();
         for (pod_id, annotations) in containers {
-            let (Some(pod), Some(json)) = (pods.get(pod_id), annotations.get(KEY_ALLOCATION))
+            let (Some((pod, handler)), Some(json)) =
+                (pods.get(pod_id), annotations.get(KEY_ALLOCATION))
             else {
                 continue;
             };
             match AllocationRecord::from_json(json) {
                 Ok(record) => {
+                    let plugin_enforced = self.enforces(&cfg, handler);
                     found.entry(pod_id.to_string()).or_insert(Held {
                         pod: pod.clone(),
                         record,
+                        plugin_enforced,
                     });
                 }
                 Err(e) => warn!(pod_id, error = %e, "ignoring unreadable allocation annotation"),

@@ -96,7 +96,7 @@ impl Plugin {
         };
         let grant = self
             .node()?
-            .grant(&pod_ref(pod), &request)
+            .grant(&pod_ref(pod), &request, &pod.runtime_handler)
             .inspect_err(|e| warn!(error = %e, "refused"))?;
         let rec = &grant.record;
         if grant.fresh {
@@ -172,7 +172,10 @@ impl conrdma_nri::Handler for Plugin {
 
     async fn synchronize(&self, req: SynchronizeRequest) -> Result<Vec<ContainerUpdate>, RpcError> {
         let node = self.node().map_err(RpcError::from)?;
-        let pods = req.pods.iter().map(pod_ref);
+        let pods = req
+            .pods
+            .iter()
+            .map(|p| (pod_ref(p), p.runtime_handler.as_str()));
         let ctrs = req
             .containers
             .iter()
@@ -181,7 +184,8 @@ impl conrdma_nri::Handler for Plugin {
             error!(error = %e, "reconcile failed");
             RpcError::from(e)
         })?;
-        for p in &out.released {
+        for h in &out.released {
+            let p = &h.pod;
             info!(pod_id = %p.id, pod = %format!("{}/{}", p.namespace, p.name), "released: pod is gone");
         }
         for p in &out.adopted {

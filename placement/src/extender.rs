@@ -7,6 +7,7 @@
 //! pod's metadata and the nodes' names; full Node objects are passed back byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -101,11 +102,36 @@ pub struct ExtenderFilterResult {
     #[serde(rename = "NodeNames")]
     pub node_names: Option<Vec<String>>,
     #[serde(rename = "FailedNodes")]
-    pub failed_nodes: BTreeMap<String, String>,
+    pub failed_nodes: NodeMap,
     #[serde(rename = "FailedAndUnresolvableNodes")]
-    pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
+    pub failed_and_unresolvable_nodes: NodeMap,
     #[serde(rename = "Error")]
     pub error: String,
+}
+
+/// A `FailedNodesMap` (node name -> message), kept in the order nodes were judged and written as a
+/// JSON object. Messages are shared between the nodes they apply to.
+#[derive(Debug, Default, Clone)]
+pub struct NodeMap(pub Vec<(String, Arc<str>)>);
+
+impl NodeMap {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, node: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == node).map(|(_, m)| &**m)
+    }
+}
+
+impl Serialize for NodeMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, &**v)))
+    }
 }
 
 /// One entry of the reply to `POST /prioritize` (a `HostPriorityList` is a JSON array of these).

@@ -18,4 +18,4 @@ pub mod verbs;
 pub use config::{Config, Policy, UnknownNodes};
 pub use error::{PlacementError, Result};
 pub use serve::{run, start, Running};
-pub use store::{Fit, Store};
+pub use store::{Fit, Store, Why};

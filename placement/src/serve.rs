@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
@@ -91,6 +92,11 @@ pub async fn start(listen: SocketAddr, cfg: Config) -> Result<Running> {
         None => {
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        debug!(error = %e, "TCP_NODELAY");
+                    }
+                });
                 axum::serve(listener, routes)
                     .with_graceful_shutdown(async move { stop_requested(&mut stopped).await })
                     .await
@@ -150,6 +156,9 @@ async fn serve_tls(
                 }
             },
         };
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let svc = TowerToHyperService::new(routes.clone());
         tokio::spawn(async move {

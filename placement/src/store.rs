@@ -557,26 +557,24 @@ mod tests {
             s.evaluate("n1", &ask(15, None), t0),
             Fit::Fits { score: 100 }
         ));
-        match s.evaluate("n1", &ask(20, None), t0) {
-            Fit::No { reason, resolvable } => {
-                assert!(resolvable);
-                assert!(reason.contains("20Gbps of guarantee left"), "{reason}");
-            }
-            f => panic!("{f:?}"),
-        }
-        match s.evaluate("n1", &ask(40, None), t0) {
-            Fit::No { reason, resolvable } => {
-                assert!(!resolvable);
-                assert!(reason.contains("can guarantee 40Gbps"), "{reason}");
-            }
-            f => panic!("{f:?}"),
-        }
-        match s.evaluate("n1", &ask(1, Some("fast")), t0) {
-            Fit::No {
-                reason,
-                resolvable: false,
-            } => assert!(reason.contains("\"fast\""), "{reason}"),
-            f => panic!("{f:?}"),
+        for (req, why, text) in [
+            (
+                ask(20, None),
+                Why::NoHeadroom,
+                "no PF with a free VF has 20Gbps of guarantee left",
+            ),
+            (ask(40, None), Why::TooBig, "no PF can guarantee 40Gbps"),
+            (
+                ask(1, Some("fast")),
+                Why::NoPool,
+                "no RDMA pool \"fast\" on this node",
+            ),
+        ] {
+            let fit = s.evaluate("n1", &req, t0);
+            assert_eq!(fit, Fit::No(why));
+            let reason = s.reason(fit, &req).unwrap();
+            assert!(reason.contains(text), "{reason}");
+            assert_eq!(why.resolvable(), why == Why::NoHeadroom);
         }
     }
 
@@ -591,10 +589,7 @@ mod tests {
         );
         assert!(matches!(
             s.evaluate("n1", &Request::default(), t0),
-            Fit::No {
-                resolvable: true,
-                ..
-            }
+            Fit::No(Why::NoFreeVf)
         ));
         s.put_node(
             report("n1", vec![("default", vec![pf("a", 25_000, 25_000, 1)])]),
@@ -643,7 +638,7 @@ mod tests {
                 t0,
             );
             let r = ask(10, None);
-            let sc = |n: &str| s.score(&s.evaluate(n, &r, t0));
+            let sc = |n: &str| s.score(s.evaluate(n, &r, t0));
             scores.insert(policy.name(), (sc("tight"), sc("roomy")));
         }
         assert_eq!(scores["best-fit"], (100, 5));
@@ -671,14 +666,16 @@ mod tests {
             ));
             let later = t0 + Duration::from_secs(61);
             let fit = s.evaluate("n1", &r, later);
-            assert!(
-                matches!(&fit, Fit::Unknown { reason } if reason.contains("60s TTL")),
-                "{fit:?}"
-            );
-            assert_eq!(s.verdict(&fit) == Verdict::Pass, verdict_pass);
-            assert_eq!(s.score(&fit), score);
+            assert_eq!(fit, Fit::Unknown(Why::Stale));
+            assert!(s
+                .reason(fit, &r)
+                .unwrap()
+                .contains("older than the 60s TTL"));
+            assert_eq!(s.verdict(fit) == Verdict::Pass, verdict_pass);
+            assert_eq!(s.score(fit), score);
             let never = s.evaluate("n2", &r, t0);
-            assert!(matches!(&never, Fit::Unknown { reason } if reason.contains("no report")));
+            assert_eq!(never, Fit::Unknown(Why::NeverReported));
+            assert!(s.reason(never, &r).unwrap().contains("no report"));
             s.prune(t0 + Duration::from_secs(601));
             assert_eq!(s.node_count(), 0);
         }

@@ -8,7 +8,7 @@ use conrdma_core::Request;
 
 use crate::error::{PlacementError, Result};
 use crate::extender::{node_name, ExtenderArgs, ExtenderFilterResult, HostPriority, NodeListOut};
-use crate::store::{Store, Verdict};
+use crate::store::{Reasons, Store, Verdict};
 
 /// What the pod asks for: `Ok(None)` for pods without `rdma.conrdma.io/` annotations (passed through
 /// untouched), `Err(reason)` for pods whose annotations are invalid.
@@ -75,8 +75,11 @@ pub fn filter(store: &Store, mut args: ExtenderArgs, now: Instant) -> Result<Ext
         Err(reason) => {
             let names = candidate_names(&mut args)?;
             let mut out = ExtenderFilterResult::default();
+            let reason: std::sync::Arc<str> = reason.into();
             for n in names {
-                out.failed_and_unresolvable_nodes.insert(n, reason.clone());
+                out.failed_and_unresolvable_nodes
+                    .0
+                    .push((n, reason.clone()));
             }
             if by_names {
                 out.node_names = Some(Vec::new());
@@ -87,36 +90,35 @@ pub fn filter(store: &Store, mut args: ExtenderArgs, now: Instant) -> Result<Ext
         }
     };
     let names = candidate_names(&mut args)?;
+    let reasons = Reasons::new(store.settings(), &req);
     let mut out = ExtenderFilterResult::default();
-    let mut keep = vec![false; names.len()];
-    for (i, n) in names.iter().enumerate() {
-        match store.verdict(&store.evaluate(n, &req, now)) {
-            Verdict::Pass => keep[i] = true,
-            Verdict::Failed(reason) => {
-                out.failed_nodes.insert(n.clone(), reason);
-            }
-            Verdict::Unresolvable(reason) => {
-                out.failed_and_unresolvable_nodes.insert(n.clone(), reason);
+    if by_names {
+        let mut passed = Vec::with_capacity(names.len());
+        for n in names {
+            match store.verdict(store.evaluate(&n, &req, now)) {
+                Verdict::Pass => passed.push(n),
+                Verdict::Failed(why) => out.failed_nodes.0.push((n, reasons.text(why).clone())),
+                Verdict::Unresolvable(why) => out
+                    .failed_and_unresolvable_nodes
+                    .0
+                    .push((n, reasons.text(why).clone())),
             }
         }
-    }
-    if by_names {
-        out.node_names = Some(
-            names
-                .into_iter()
-                .zip(&keep)
-                .filter_map(|(n, k)| k.then_some(n))
-                .collect(),
-        );
+        out.node_names = Some(passed);
     } else {
         let items = args.nodes.map(|l| l.items).unwrap_or_default();
-        out.nodes = Some(NodeListOut::new(
-            items
-                .into_iter()
-                .zip(&keep)
-                .filter_map(|(item, k)| k.then_some(item))
-                .collect(),
-        ));
+        let mut passed = Vec::with_capacity(items.len());
+        for (n, item) in names.into_iter().zip(items) {
+            match store.verdict(store.evaluate(&n, &req, now)) {
+                Verdict::Pass => passed.push(item),
+                Verdict::Failed(why) => out.failed_nodes.0.push((n, reasons.text(why).clone())),
+                Verdict::Unresolvable(why) => out
+                    .failed_and_unresolvable_nodes
+                    .0
+                    .push((n, reasons.text(why).clone())),
+            }
+        }
+        out.nodes = Some(NodeListOut::new(passed));
     }
     Ok(out)
 }
@@ -142,7 +144,7 @@ pub fn prioritize(
     Ok(names
         .into_iter()
         .map(|host| {
-            let score = store.score(&store.evaluate(&host, &req, now));
+            let score = store.score(store.evaluate(&host, &req, now));
             HostPriority { host, score }
         })
         .collect())

@@ -119,6 +119,10 @@ pub struct RateState {
     pub spool_dir: Option<PathBuf>,
     #[serde(default)]
     pub node: Option<String>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub credential_file: Option<PathBuf>,
     /// The last counter sample reported; the final report covers from here.
     #[serde(default)]
     pub last_sample: Option<Sample>,
@@ -138,9 +142,9 @@ impl RateState {
     pub fn load(bundle: &Path) -> Result<Option<RateState>> {
         let path = Self::path(bundle);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ShimError::Invalid(format!("{} is unreadable: {e}", path.display()))
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ShimError::Invalid(format!("{} is unreadable: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ShimError::io(format!("reading {}", path.display()), e)),
         }
@@ -226,13 +230,19 @@ mod tests {
 
     #[test]
     fn containers_not_named_and_sandboxes_pass() {
-        let p = pod(&[(KEY_BANDWIDTH, "1G"), ("rdma.conrdma.io/containers", "worker")]);
+        let p = pod(&[
+            (KEY_BANDWIDTH, "1G"),
+            ("rdma.conrdma.io/containers", "worker"),
+        ]);
         let logger = spec(&[CTR, ("io.kubernetes.cri.container-name", "logger")]);
         assert!(matches!(decide(&logger, Some(&p)), Decision::PassThrough));
         let sb = spec(&[("io.kubernetes.cri.container-type", "sandbox")]);
         assert!(matches!(decide(&sb, Some(&p)), Decision::PassThrough));
         let plain = spec(&[CTR, ("example.com/x", "y")]);
-        assert!(matches!(decide(&plain, Some(&HashMap::new())), Decision::PassThrough));
+        assert!(matches!(
+            decide(&plain, Some(&HashMap::new())),
+            Decision::PassThrough
+        ));
     }
 
     #[test]
@@ -248,7 +258,10 @@ mod tests {
         let bad = pod(&[(KEY_BANDWIDTH, "fast")]);
         assert!(matches!(decide(&c, Some(&bad)), Decision::Refuse(_)));
         let c = spec(&[CTR, (KEY_ALLOCATION, "{not json")]);
-        assert!(matches!(decide(&c, Some(&HashMap::new())), Decision::Refuse(_)));
+        assert!(matches!(
+            decide(&c, Some(&HashMap::new())),
+            Decision::Refuse(_)
+        ));
     }
 
     #[test]
@@ -278,6 +291,8 @@ mod tests {
             reset: false,
             spool_dir: None,
             node: None,
+            webhook_url: None,
+            credential_file: None,
             last_sample: Some(Sample {
                 unix_ms: 5,
                 counters: VfCounters::default(),

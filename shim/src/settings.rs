@@ -330,7 +330,10 @@ mod tests {
                 "webhook_url = \"http://h/\"\nreport_interval = \"5 fortnights\"",
                 "not a duration",
             ),
-            ("webhook_url = \"http://h/\"\nreport_interval = \"10ms\"", "at least 100ms"),
+            (
+                "webhook_url = \"http://h/\"\nreport_interval = \"10ms\"",
+                "at least 100ms",
+            ),
         ] {
             let e = Settings::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");

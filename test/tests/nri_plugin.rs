@@ -522,3 +522,38 @@ async fn prelaunched_plugin_is_configured_by_containerd() {
     );
     cd.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn plugin_enforces_rates_for_pods_outside_the_conrdma_runtime() {
+    let mut n = Node::start(
+        1,
+        2,
+        "100Gbps",
+        "[enforce]\nenabled = true\nlimiter = \"simulated\"\n",
+    )
+    .await;
+    n.start_plugin().await;
+    let (pod, c) = n
+        .pod("enforced", &[(BW, "10G"), (LIMIT, "30G")])
+        .await
+        .unwrap();
+    let rec = allocation(&n.spec(&c).await).unwrap();
+    let knob = |name: &str| {
+        let p = n.nic().join(format!(
+            "sys/class/net/{}/device/sriov/{}/{name}",
+            rec.pf, rec.vf
+        ));
+        std::fs::read_to_string(&p).unwrap().trim().to_string()
+    };
+    assert_eq!(
+        (knob("min_tx_rate").as_str(), knob("max_tx_rate").as_str()),
+        ("10000", "30000")
+    );
+    assert!(n.ledger()[0].plugin_enforced);
+    n.cd.cri().stop_and_remove_pod(&pod).await.unwrap();
+    assert_eq!(
+        (knob("min_tx_rate").as_str(), knob("max_tx_rate").as_str()),
+        ("0", "0"),
+        "reset at release"
+    );
+}

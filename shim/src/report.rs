@@ -1,0 +1,401 @@
+//! Usage reports: sample the VF's byte counters every interval, spool a report per window, and
+//! send the spool to the placement webhook in batches with a bearer credential, backing off while
+//! it is unreachable. The pod's last window is sent with `final: true`.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conrdma_core::limiter::{RateLimiter, VfCounters};
+use conrdma_core::report::{PodId, UsageBatch, UsageReport};
+use conrdma_core::AllocationRecord;
+use tracing::{debug, info, warn};
+
+use crate::http::{post_json, Url};
+use crate::pod::{RateState, Sample};
+use crate::settings::ReportSettings;
+use crate::spool::{Drained, Sent, Spool};
+
+/// Reports per POST.
+pub const BATCH: usize = 100;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Average rate in Mbps of `bytes` over `ms` milliseconds.
+pub fn mbps(bytes: u64, ms: u64) -> f64 {
+    if ms == 0 {
+        return 0.0;
+    }
+    (bytes as f64 * 8.0) / (ms as f64 * 1_000.0)
+}
+
+/// The report for the window from `from` to `to`. Counters that went backwards (a driver reset)
+/// count from zero.
+pub fn window_report(
+    node: &str,
+    pod: &PodId,
+    rec: &AllocationRecord,
+    from: Sample,
+    to: Sample,
+    is_final: bool,
+) -> UsageReport {
+    let delta = |a: u64, b: u64| if b >= a { b - a } else { b };
+    let ms = to.unix_ms.saturating_sub(from.unix_ms);
+    UsageReport {
+        node: node.to_string(),
+        pod: pod.clone(),
+        pool: rec.pool.clone(),
+        pf: rec.pf.clone(),
+        vf: rec.vf,
+        guaranteed_mbps: rec.guaranteed_mbps,
+        limit_mbps: rec.limit_mbps,
+        tx_mbps: mbps(delta(from.counters.tx_bytes, to.counters.tx_bytes), ms),
+        rx_mbps: mbps(delta(from.counters.rx_bytes, to.counters.rx_bytes), ms),
+        window_start_unix_ms: from.unix_ms,
+        window_end_unix_ms: to.unix_ms.max(from.unix_ms),
+        is_final,
+    }
+}
+
+/// Sends one batch to the webhook and classifies the answer.
+pub fn send_batch(cfg: &ReportSettings, batch: &UsageBatch, timeout: Duration) -> Sent {
+    let url = match Url::parse(&cfg.url) {
+        Ok(u) => u,
+        Err(e) => return Sent::Failed(e),
+    };
+    let token = match &cfg.credential_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => return Sent::Failed(format!("reading credential {}: {e}", p.display())),
+        },
+    };
+    let body = match serde_json::to_vec(batch) {
+        Ok(b) => b,
+        Err(e) => return Sent::Rejected(format!("encoding: {e}")),
+    };
+    match post_json(&url, token.as_deref(), &body, timeout) {
+        Ok(a) if (200..300).contains(&a.status) => Sent::Accepted,
+        // The batch itself is wrong: retrying cannot help.
+        Ok(a) if matches!(a.status, 400 | 413 | 422) => {
+            Sent::Rejected(format!("HTTP {}: {}", a.status, a.body))
+        }
+        Ok(a) => Sent::Failed(format!("HTTP {}: {}", a.status, a.body)),
+        Err(e) => Sent::Failed(e),
+    }
+}
+
+/// Drains the spool once, with a per-POST timeout.
+pub fn drain(cfg: &ReportSettings, timeout: Duration) -> Drained {
+    let spool = Spool::new(&cfg.spool_dir, cfg.spool_max);
+    spool.drain(BATCH, &mut |b| send_batch(cfg, b, timeout))
+}
+
+/// Drains with retries (short backoff) until the spool is empty or `deadline`.
+pub fn drain_until(cfg: &ReportSettings, deadline: Instant) -> Drained {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = drain(
+            cfg,
+            left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        );
+        if r.failed.is_none() && !r.busy {
+            return r;
+        }
+        if Instant::now() + wait >= deadline {
+            return r;
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Who and what a reporter reports on.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub pod: PodId,
+    pub allocation: AllocationRecord,
+    /// The bundle whose state file keeps the last sample (for the `delete` command).
+    pub state_bundle: PathBuf,
+}
+
+enum Cmd {
+    /// The pod ended: final report, then stop.
+    Finish,
+    /// The process is going away without the pod's end: stop sampling, send nothing more.
+    Abandon,
+}
+
+/// The reporting thread of one pod.
+pub struct Reporter {
+    tx: Sender<Cmd>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reporter {
+    pub fn spawn(
+        cfg: ReportSettings,
+        target: Target,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> std::io::Result<Reporter> {
+        let (tx, rx) = channel();
+        let handle = std::thread::Builder::new()
+            .name("conrdma-report".into())
+            .spawn(move || {
+                let mut r = Loop {
+                    cfg,
+                    target,
+                    limiter,
+                    last: None,
+                    backoff: None,
+                };
+                r.last = r.sample();
+                let mut next_sample = Instant::now() + r.cfg.interval;
+                let mut next_drain = Instant::now();
+                loop {
+                    let now = Instant::now();
+                    let due = next_sample.min(next_drain);
+                    match rx.recv_timeout(due.saturating_duration_since(now)) {
+                        Ok(Cmd::Finish) => {
+                            r.finish();
+                            return;
+                        }
+                        Ok(Cmd::Abandon) | Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Timeout) => {}
+                    }
+                    let now = Instant::now();
+                    if now >= next_sample {
+                        r.window(false);
+                        next_sample += r.cfg.interval;
+                        if next_sample < now {
+                            next_sample = now + r.cfg.interval;
+                        }
+                        if r.backoff.is_none() {
+                            next_drain = now;
+                        }
+                    }
+                    if Instant::now() >= next_drain {
+                        next_drain = Instant::now() + r.drain_once();
+                    }
+                }
+            })?;
+        Ok(Reporter {
+            tx,
+            handle: Some(handle),
+        })
+    }
+
+    /// Asks for the final report; the thread sends it and stops.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Cmd::Finish);
+    }
+
+    /// Stops sampling without a final report (the process exits without the pod's end).
+    pub fn abandon(self) {
+        let _ = self.tx.send(Cmd::Abandon);
+    }
+
+    /// Waits at most `wait` (plus a second) for the thread, e.g. to deliver the final report.
+    pub fn join(mut self, wait: Duration) {
+        if let Some(h) = self.handle.take() {
+            let deadline = Instant::now() + wait + Duration::from_secs(1);
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                warn!("usage reporter still busy at exit; its reports stay in the spool");
+            }
+        }
+    }
+}
+
+struct Loop {
+    cfg: ReportSettings,
+    target: Target,
+    limiter: Arc<dyn RateLimiter>,
+    last: Option<Sample>,
+    backoff: Option<Duration>,
+}
+
+impl Loop {
+    fn sample(&self) -> Option<Sample> {
+        let rec = &self.target.allocation;
+        match self.limiter.counters(&rec.pf, rec.vf) {
+            Ok(counters) => Some(Sample {
+                unix_ms: now_ms(),
+                counters,
+            }),
+            Err(e) => {
+                warn!(error = %e, "cannot read the VF's counters; skipping this window");
+                None
+            }
+        }
+    }
+
+    /// Closes the current window: spools its report and records the sample.
+    fn window(&mut self, is_final: bool) {
+        let Some(now) = self.sample().or_else(|| {
+            // The final report goes out even when counters are unreadable: an empty window.
+            is_final.then(|| Sample {
+                unix_ms: now_ms(),
+                counters: self
+                    .last
+                    .map(|s| s.counters)
+                    .unwrap_or(VfCounters::default()),
+            })
+        }) else {
+            return;
+        };
+        if let Some(from) = self.last {
+            let report = window_report(
+                &self.cfg.node,
+                &self.target.pod,
+                &self.target.allocation,
+                from,
+                now,
+                is_final,
+            );
+            if let Err(e) = report.validate() {
+                warn!(error = %e, "usage report would be refused; not sent");
+            } else {
+                let spool = Spool::new(&self.cfg.spool_dir, self.cfg.spool_max);
+                if let Err(e) = spool.put(&report) {
+                    warn!(error = %e, spool = %self.cfg.spool_dir.display(), "cannot spool a usage report");
+                }
+            }
+        }
+        self.last = Some(now);
+        self.record(is_final);
+    }
+
+    /// Keeps the state file's last sample current, so a crash loses at most one window.
+    fn record(&self, final_spooled: bool) {
+        let bundle = &self.target.state_bundle;
+        match RateState::load(bundle) {
+            Ok(Some(mut st)) => {
+                st.last_sample = self.last;
+                st.final_spooled |= final_spooled;
+                if let Err(e) = st.save(bundle) {
+                    debug!(error = %e, "cannot update the rate state");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "cannot read the rate state"),
+        }
+    }
+
+    /// One drain; returns how long to wait before the next.
+    fn drain_once(&mut self) -> Duration {
+        let r = drain(&self.cfg, Duration::from_secs(5));
+        match r.failed {
+            None => {
+                if r.sent > 0 {
+                    debug!(sent = r.sent, "usage reports delivered");
+                }
+                if self.backoff.take().is_some() {
+                    info!("usage webhook reachable again");
+                }
+                self.cfg.interval
+            }
+            Some(why) => {
+                let next = self
+                    .backoff
+                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                if self.backoff.is_none() {
+                    warn!(error = %why, url = %self.cfg.url, "usage webhook unreachable; reports kept in the spool, retrying with backoff");
+                }
+                self.backoff = Some(next);
+                next
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.window(true);
+        let r = drain_until(&self.cfg, Instant::now() + Duration::from_secs(3));
+        match r.failed {
+            None => info!(sent = r.sent, "final usage report delivered"),
+            Some(e) => {
+                warn!(error = %e, "final usage report left in the spool for the next shim to send")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> AllocationRecord {
+        AllocationRecord {
+            pool: "default".into(),
+            pf: "ens1f0".into(),
+            vf: 1,
+            vf_pci: "x".into(),
+            rdma_device: "mlx5_1".into(),
+            netdev: "ens1f0v1".into(),
+            guaranteed_mbps: 100,
+            limit_mbps: 200,
+            uverbs: "/dev/infiniband/uverbs1".into(),
+            rdma_cgroup: String::new(),
+        }
+    }
+
+    fn s(ms: u64, tx: u64, rx: u64) -> Sample {
+        Sample {
+            unix_ms: ms,
+            counters: VfCounters {
+                tx_bytes: tx,
+                rx_bytes: rx,
+            },
+        }
+    }
+
+    #[test]
+    fn windows_become_rates() {
+        let pod = PodId {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        };
+        // 12.5 MB in 1 s = 100 Mbps.
+        let r = window_report(
+            "n",
+            &pod,
+            &rec(),
+            s(1_000, 0, 0),
+            s(2_000, 12_500_000, 125_000),
+            false,
+        );
+        assert!((r.tx_mbps - 100.0).abs() < 1e-9, "{}", r.tx_mbps);
+        assert!((r.rx_mbps - 1.0).abs() < 1e-9);
+        assert_eq!(
+            (r.window_start_unix_ms, r.window_end_unix_ms),
+            (1_000, 2_000)
+        );
+        r.validate().unwrap();
+        // A counter reset counts from zero instead of going negative.
+        let r = window_report(
+            "n",
+            &pod,
+            &rec(),
+            s(0, 1_000_000, 0),
+            s(1_000, 125_000, 0),
+            true,
+        );
+        assert!((r.tx_mbps - 1.0).abs() < 1e-9 && r.is_final);
+        assert_eq!(mbps(5, 0), 0.0);
+    }
+}
