@@ -177,7 +177,7 @@ fn survives_reopen_and_locks_out_a_second_writer() {
     {
         let mut l = Ledger::open(state.path()).unwrap();
         l.admit(&inv, &pod(1), &req(&[("bandwidth", "70G")]), |r| {
-            r.rdma_cgroup = "note".into()
+            r.record.rdma_cgroup = "note".into()
         })
         .unwrap();
         let err = Ledger::open(state.path()).err().unwrap().to_string();
@@ -229,6 +229,7 @@ fn reconcile_frees_gone_pods_and_adopts_recorded_ones() {
         conrdma_core::ledger::Held {
             pod: pod(4),
             record: r2.clone(),
+            plugin_enforced: false,
         },
     ];
     let live: HashSet<String> = ["sandbox-2", "sandbox-3", "sandbox-4"]

@@ -146,9 +146,56 @@ impl Reasons {
     }
 }
 
+/// One PF as the decision needs it, kept inline so that judging a node touches one or two cache
+/// lines (5,000 nodes per request must not chase pointers through every report).
+#[derive(Debug, Clone, Copy, Default)]
+struct PfFit {
+    pool: u32,
+    vfs_free: u32,
+    capacity: u64,
+    headroom: u64,
+}
+
+const INLINE_PFS: usize = 4;
+
+#[derive(Debug, Clone)]
+struct FitData {
+    received: Instant,
+    len: usize,
+    inline: [PfFit; INLINE_PFS],
+    more: Vec<PfFit>,
+}
+
+impl FitData {
+    fn pfs(&self) -> impl Iterator<Item = &PfFit> {
+        self.inline[..self.len.min(INLINE_PFS)]
+            .iter()
+            .chain(self.more.iter())
+    }
+}
+
+/// Which pools a request may use, resolved once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolSel {
+    Any,
+    Id(u32),
+    /// Names a pool no node has ever reported.
+    Unknown,
+}
+
+/// A request resolved against the store: see [`Store::ask`].
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    mbps: u64,
+    sel: PoolSel,
+    pool: Option<&'a str>,
+}
+
 pub struct Store {
     settings: Settings,
     nodes: HashMap<String, NodeEntry>,
+    fits: HashMap<String, FitData>,
+    pool_ids: HashMap<String, u32>,
     /// node -> pod uid -> latest usage.
     usage: HashMap<String, HashMap<String, PodUsage>>,
 }
@@ -164,6 +211,8 @@ impl Store {
         Store {
             settings,
             nodes: HashMap::new(),
+            fits: HashMap::new(),
+            pool_ids: HashMap::new(),
             usage: HashMap::new(),
         }
     }
@@ -183,6 +232,31 @@ impl Store {
     /// Stores a (validated) node report; it replaces the node's previous one whole.
     pub fn put_node(&mut self, report: NodeReport, now: Instant, now_unix_ms: u64) {
         let name = report.node.clone();
+        let mut fit = FitData {
+            received: now,
+            len: 0,
+            inline: [PfFit::default(); INLINE_PFS],
+            more: Vec::new(),
+        };
+        for pool in &report.pools {
+            let next = self.pool_ids.len() as u32;
+            let id = *self.pool_ids.entry(pool.pool.clone()).or_insert(next);
+            for pf in &pool.pfs {
+                let f = PfFit {
+                    pool: id,
+                    vfs_free: pf.vfs_free,
+                    capacity: pf.capacity_mbps,
+                    headroom: pf.headroom_mbps(),
+                };
+                if fit.len < INLINE_PFS {
+                    fit.inline[fit.len] = f;
+                } else {
+                    fit.more.push(f);
+                }
+                fit.len += 1;
+            }
+        }
+        self.fits.insert(name.clone(), fit);
         self.nodes.insert(
             name,
             NodeEntry {
@@ -231,14 +305,16 @@ impl Store {
         let (ttl, forget) = (self.settings.node_ttl, self.settings.forget_after);
         self.nodes
             .retain(|_, e| now.saturating_duration_since(e.received) <= forget);
+        self.fits
+            .retain(|_, f| now.saturating_duration_since(f.received) <= forget);
         for pods in self.usage.values_mut() {
             pods.retain(|_, u| now.saturating_duration_since(u.received) <= ttl);
         }
         self.usage.retain(|_, pods| !pods.is_empty());
     }
 
-    fn fresh<'a>(&'a self, node: &str, now: Instant) -> Result<&'a NodeEntry, Why> {
-        let e = self.nodes.get(node).ok_or(Why::NeverReported)?;
+    fn fresh<'a>(&'a self, node: &str, now: Instant) -> Result<&'a FitData, Why> {
+        let e = self.fits.get(node).ok_or(Why::NeverReported)?;
         if now.saturating_duration_since(e.received) > self.settings.node_ttl {
             return Err(Why::Stale);
         }
@@ -257,47 +333,68 @@ impl Store {
             .fold((0.0, 0.0), |(t, r), u| (t + u.tx_mbps, r + u.rx_mbps))
     }
 
+    /// Resolves a request against the store once, for [`Store::evaluate_ask`] over many nodes.
+    pub fn ask<'a>(&self, req: &'a Request) -> Ask<'a> {
+        Ask {
+            mbps: req.guaranteed_mbps(),
+            sel: match req.pool.as_deref() {
+                None => PoolSel::Any,
+                Some(p) => self
+                    .pool_ids
+                    .get(p)
+                    .map_or(PoolSel::Unknown, |id| PoolSel::Id(*id)),
+            },
+            pool: req.pool.as_deref(),
+        }
+    }
+
     /// Whether the pod can get one VF on one PF with guaranteed headroom for its request, and how
     /// much the configured policy likes the node.
     pub fn evaluate(&self, node: &str, req: &Request, now: Instant) -> Fit {
-        let entry = match self.fresh(node, now) {
-            Ok(e) => e,
+        self.evaluate_ask(node, &self.ask(req), now)
+    }
+
+    /// [`Store::evaluate`] with the request resolved beforehand.
+    pub fn evaluate_ask(&self, node: &str, ask: &Ask, now: Instant) -> Fit {
+        let data = match self.fresh(node, now) {
+            Ok(d) => d,
             Err(why) => return Fit::Unknown(why),
         };
-        let ask = req.guaranteed_mbps();
-        let in_pool = |name: &str| req.pool.as_deref().is_none_or(|p| p == name);
+        let want = ask.mbps;
         let (mut any_pool, mut any_cap, mut any_vf) = (false, false, false);
         let mut best: Option<f64> = None;
         let mut pool_capacity = 0u64;
-        for pool in entry.report.pools.iter().filter(|p| in_pool(&p.pool)) {
-            any_pool = true;
-            pool_capacity += pool.capacity_mbps;
-            for pf in &pool.pfs {
-                if pf.capacity_mbps < ask || pf.capacity_mbps == 0 {
-                    continue;
-                }
-                any_cap = true;
-                if pf.vfs_free == 0 {
-                    continue;
-                }
-                any_vf = true;
-                let headroom = pf.headroom_mbps();
-                if headroom < ask {
-                    continue;
-                }
-                let left = (headroom - ask) as f64 / pf.capacity_mbps as f64;
-                let s = match self.settings.policy {
-                    Policy::BestFit => 1.0 - left,
-                    Policy::Spread => left,
-                    // Scored per node below; any fitting PF will do.
-                    Policy::LeastMeasuredUsage => 0.0,
-                };
-                best = Some(best.map_or(s, |b: f64| b.max(s)));
+        for pf in data.pfs() {
+            match ask.sel {
+                PoolSel::Any => {}
+                PoolSel::Id(id) if id == pf.pool => {}
+                _ => continue,
             }
+            any_pool = true;
+            pool_capacity += pf.capacity;
+            if pf.capacity < want || pf.capacity == 0 {
+                continue;
+            }
+            any_cap = true;
+            if pf.vfs_free == 0 {
+                continue;
+            }
+            any_vf = true;
+            if pf.headroom < want {
+                continue;
+            }
+            let left = (pf.headroom - want) as f64 / pf.capacity as f64;
+            let s = match self.settings.policy {
+                Policy::BestFit => 1.0 - left,
+                Policy::Spread => left,
+                // Scored per node below; any fitting PF will do.
+                Policy::LeastMeasuredUsage => 0.0,
+            };
+            best = Some(best.map_or(s, |b: f64| b.max(s)));
         }
         let Some(best) = best else {
             return Fit::No(if !any_pool {
-                if req.pool.is_some() {
+                if ask.pool.is_some() {
                     Why::NoPool
                 } else {
                     Why::NoVfs
@@ -313,7 +410,7 @@ impl Store {
         let share = match self.settings.policy {
             Policy::BestFit | Policy::Spread => best,
             Policy::LeastMeasuredUsage => {
-                let (tx, rx) = self.measured(node, req.pool.as_deref(), now);
+                let (tx, rx) = self.measured(node, ask.pool, now);
                 if pool_capacity == 0 {
                     0.0
                 } else {

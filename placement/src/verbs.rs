@@ -91,11 +91,12 @@ pub fn filter(store: &Store, mut args: ExtenderArgs, now: Instant) -> Result<Ext
     };
     let names = candidate_names(&mut args)?;
     let reasons = Reasons::new(store.settings(), &req);
+    let ask = store.ask(&req);
     let mut out = ExtenderFilterResult::default();
     if by_names {
         let mut passed = Vec::with_capacity(names.len());
         for n in names {
-            match store.verdict(store.evaluate(&n, &req, now)) {
+            match store.verdict(store.evaluate_ask(&n, &ask, now)) {
                 Verdict::Pass => passed.push(n),
                 Verdict::Failed(why) => out.failed_nodes.0.push((n, reasons.text(why).clone())),
                 Verdict::Unresolvable(why) => out
@@ -109,7 +110,7 @@ pub fn filter(store: &Store, mut args: ExtenderArgs, now: Instant) -> Result<Ext
         let items = args.nodes.map(|l| l.items).unwrap_or_default();
         let mut passed = Vec::with_capacity(items.len());
         for (n, item) in names.into_iter().zip(items) {
-            match store.verdict(store.evaluate(&n, &req, now)) {
+            match store.verdict(store.evaluate_ask(&n, &ask, now)) {
                 Verdict::Pass => passed.push(item),
                 Verdict::Failed(why) => out.failed_nodes.0.push((n, reasons.text(why).clone())),
                 Verdict::Unresolvable(why) => out
@@ -141,10 +142,11 @@ pub fn prioritize(
                 .collect())
         }
     };
+    let ask = store.ask(&req);
     Ok(names
         .into_iter()
         .map(|host| {
-            let score = store.score(store.evaluate(&host, &req, now));
+            let score = store.score(store.evaluate_ask(&host, &ask, now));
             HostPriority { host, score }
         })
         .collect())
