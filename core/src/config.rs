@@ -42,6 +42,30 @@ pub struct NodeConfig {
     /// Rate enforcement by the plugin itself, for pods that do not run under the ConRDMA shim.
     #[serde(default)]
     pub enforce: EnforceConfig,
+    /// Where node reports go (the placement webhook); none are sent without it.
+    #[serde(default)]
+    pub placement: Option<PlacementConfig>,
+}
+
+/// `[placement]`: the webhook that receives this node's reports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// Base URL, e.g. `https://conrdma-placement.kube-system.svc:8443`.
+    pub url: String,
+    /// File holding the bearer token.
+    pub credential_file: Option<PathBuf>,
+    /// PEM bundle to trust for https (the cluster CA).
+    pub ca_file: Option<PathBuf>,
+    /// The Kubernetes node name; default: $NODE_NAME, else the host name.
+    pub node_name: Option<String>,
+    /// Seconds between reports (one is also sent at every admission and release).
+    #[serde(default = "default_report_interval")]
+    pub interval_seconds: u64,
+}
+
+fn default_report_interval() -> u64 {
+    30
 }
 
 /// `[enforce]`: whether the NRI plugin sets VF rates for pods the ConRDMA shim does not run.
@@ -112,6 +136,7 @@ impl Default for NodeConfig {
             sysfs_root: None,
             state_dir: None,
             enforce: EnforceConfig::default(),
+            placement: None,
         }
     }
 }
@@ -156,6 +181,17 @@ impl NodeConfig {
                 "enforce.limiter = {:?} is not one of \"netlink\", \"simulated\"",
                 cfg.enforce.limiter
             )));
+        }
+        if let Some(p) = &cfg.placement {
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(bad(format!(
+                    "placement.url = {:?} must start with http:// or https://",
+                    p.url
+                )));
+            }
+            if p.interval_seconds == 0 {
+                return Err(bad("placement.interval_seconds must be at least 1".into()));
+            }
         }
         for (pf, speed) in &cfg.pf_speed {
             Rate::parse(speed).map_err(|e| bad(format!("pf_speed.{pf}: {e}")))?;

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod error;
 pub mod node;
 pub mod plugin;
+pub mod report;
 
 pub use error::PluginError;
 pub use node::NodeState;

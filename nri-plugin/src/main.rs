@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use conrdma_core::NodeConfig;
 use conrdma_nri::{PluginId, DEFAULT_SOCKET_PATH, SOCKET_ENV};
-use conrdma_nri_plugin::plugin::{spawn_refresher, Overrides};
+use conrdma_nri_plugin::plugin::{spawn_background, Overrides};
 use conrdma_nri_plugin::{NodeState, Plugin, PluginError};
 use tracing::{error, info};
 
@@ -102,7 +102,7 @@ async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
         &overrides.state_dir(&cfg),
         cfg,
     )?);
-    spawn_refresher(node.clone());
+    spawn_background(node.clone());
     let id = PluginId::new(args.name, args.idx)?;
     conrdma_nri::run_external(
         &args.socket,
@@ -146,7 +146,13 @@ fn init_logging(file: Option<&std::path::Path>) -> Result<(), String> {
                 .map_err(|e| format!("opening log file {}: {e}", path.display()))?;
             builder.with_ansi(false).with_writer(Arc::new(f)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init()
+        }
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct NodeState {
     cgroup: RdmaCgroup,
     /// Set when the node config asks the plugin to enforce rates itself (`[enforce] enabled`).
     limiter: Option<Box<dyn RateLimiter>>,
+    /// Woken whenever the ledger changes, so the node report goes out at once.
+    pub changed: tokio::sync::Notify,
 }
 
 /// What CreateContainer needs to adjust one container.
@@ -64,6 +66,7 @@ impl NodeState {
             ledger: Mutex::new(ledger),
             cgroup,
             limiter,
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -149,6 +152,9 @@ impl NodeState {
                     record.vf, record.pf
                 ))
             })?;
+        if fresh {
+            self.changed.notify_one();
+        }
         Ok(Grant {
             record,
             fresh,
@@ -172,6 +178,9 @@ impl NodeState {
         let held = self.ledger().release(pod_id)?;
         if let Some(h) = &held {
             self.reset_rate(h);
+        }
+        if held.is_some() {
+            self.changed.notify_one();
         }
         Ok(held)
     }

@@ -119,7 +119,7 @@ impl Plugin {
             None => {
                 let (root, state) = (self.overrides.root(&cfg), self.overrides.state_dir(&cfg));
                 let node = Arc::new(NodeState::open(&root, &state, cfg)?);
-                spawn_refresher(node.clone());
+                spawn_background(node.clone());
                 *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
                 Ok(())
             }
@@ -127,8 +127,14 @@ impl Plugin {
     }
 }
 
+/// Starts the node's background work: sysfs rescans and node reports.
+pub fn spawn_background(node: Arc<NodeState>) {
+    crate::report::spawn_node_reporter(node.clone());
+    spawn_refresher(node);
+}
+
 /// Rescans sysfs periodically; discovery never runs on the CreateContainer path.
-pub fn spawn_refresher(node: Arc<NodeState>) {
+fn spawn_refresher(node: Arc<NodeState>) {
     let every = Duration::from_secs(node.config().refresh_seconds.max(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

@@ -191,10 +191,41 @@ pub struct Ask<'a> {
     pool: Option<&'a str>,
 }
 
+/// FxHash (rustc's hasher): a multiply-rotate per word, several times cheaper than SipHash on
+/// short node names. Node names come from kube-scheduler and authenticated nodes, so hash
+/// flooding is not a concern here.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
 pub struct Store {
     settings: Settings,
     nodes: HashMap<String, NodeEntry>,
-    fits: HashMap<String, FitData>,
+    fits: HashMap<String, FitData, FxBuild>,
     pool_ids: HashMap<String, u32>,
     /// node -> pod uid -> latest usage.
     usage: HashMap<String, HashMap<String, PodUsage>>,
@@ -211,7 +242,7 @@ impl Store {
         Store {
             settings,
             nodes: HashMap::new(),
-            fits: HashMap::new(),
+            fits: HashMap::default(),
             pool_ids: HashMap::new(),
             usage: HashMap::new(),
         }

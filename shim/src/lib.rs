@@ -14,7 +14,6 @@ pub mod daemon;
 pub mod delete;
 pub mod error;
 pub mod flags;
-pub mod http;
 pub mod options;
 pub mod pod;
 pub mod report;

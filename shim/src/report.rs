@@ -13,9 +13,10 @@ use conrdma_core::report::{PodId, UsageBatch, UsageReport};
 use conrdma_core::AllocationRecord;
 use tracing::{debug, info, warn};
 
-use crate::http::{post_json, Url};
+use conrdma_reporter::{Client, SendError};
+
 use crate::pod::{RateState, Sample};
-use crate::settings::ReportSettings;
+use crate::settings::{ReportSettings, USAGE_PATH};
 use crate::spool::{Drained, Sent, Spool};
 
 /// Reports per POST.
@@ -66,38 +67,46 @@ pub fn window_report(
     }
 }
 
-/// Sends one batch to the webhook and classifies the answer.
-pub fn send_batch(cfg: &ReportSettings, batch: &UsageBatch, timeout: Duration) -> Sent {
-    let url = match Url::parse(&cfg.url) {
-        Ok(u) => u,
-        Err(e) => return Sent::Failed(e),
-    };
-    let token = match &cfg.credential_file {
-        None => None,
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => Some(t.trim().to_string()),
-            Err(e) => return Sent::Failed(format!("reading credential {}: {e}", p.display())),
-        },
-    };
-    let body = match serde_json::to_vec(batch) {
-        Ok(b) => b,
-        Err(e) => return Sent::Rejected(format!("encoding: {e}")),
-    };
-    match post_json(&url, token.as_deref(), &body, timeout) {
-        Ok(a) if (200..300).contains(&a.status) => Sent::Accepted,
-        // The batch itself is wrong: retrying cannot help.
-        Ok(a) if matches!(a.status, 400 | 413 | 422) => {
-            Sent::Rejected(format!("HTTP {}: {}", a.status, a.body))
-        }
-        Ok(a) => Sent::Failed(format!("HTTP {}: {}", a.status, a.body)),
-        Err(e) => Sent::Failed(e),
+/// The webhook client for these settings.
+pub fn client(cfg: &ReportSettings, timeout: Duration) -> Result<Client, String> {
+    Client::new(conrdma_reporter::Target {
+        url: cfg.url.clone(),
+        credential_file: cfg.credential_file.clone(),
+        ca_file: cfg.ca_file.clone(),
+        timeout,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Sends one batch to the webhook and classifies the answer. Only an answer that says the batch
+/// itself is wrong drops it; anything else (unreachable, 5xx, a refused or unreadable credential)
+/// keeps it for a retry, bounded by the spool.
+pub fn send_batch(client: &Client, batch: &UsageBatch) -> Sent {
+    match client.post_json(USAGE_PATH, batch) {
+        Ok(()) => Sent::Accepted,
+        Err(
+            e @ SendError::Status {
+                status: 400 | 413 | 422,
+                ..
+            },
+        ) => Sent::Rejected(e.to_string()),
+        Err(e) => Sent::Failed(e.to_string()),
     }
 }
 
 /// Drains the spool once, with a per-POST timeout.
 pub fn drain(cfg: &ReportSettings, timeout: Duration) -> Drained {
+    let client = match client(cfg, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            return Drained {
+                failed: Some(e),
+                ..Drained::default()
+            }
+        }
+    };
     let spool = Spool::new(&cfg.spool_dir, cfg.spool_max);
-    spool.drain(BATCH, &mut |b| send_batch(cfg, b, timeout))
+    spool.drain(BATCH, &mut |b| send_batch(&client, b))
 }
 
 /// Drains with retries (short backoff) until the spool is empty or `deadline`.

@@ -5,7 +5,8 @@
 //!
 //! ```toml
 //! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.conrdma.options]
-//! webhook_url = "http://conrdma-placement.kube-system:8080/v1/reports/usage"
+//! webhook_url = "https://conrdma-placement.kube-system.svc:8443"   # POSTs go to <url>/v1/reports/usage
+//! ca_file = "/etc/conrdma/ca.pem"
 //! credential_file = "/etc/conrdma/shim-token"
 //! report_interval = "10s"
 //! limiter = "netlink"          # or "simulated" with sysfs_root
@@ -25,8 +26,8 @@ pub const DEFAULT_SPOOL_DIR: &str = "/run/conrdma/shim/spool";
 pub const DEFAULT_SPOOL_MAX: usize = 10_000;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
-/// The system CA bundle used for an https webhook when no `ca_file` is set.
-pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where usage reports are POSTed, under `webhook_url`.
+pub const USAGE_PATH: &str = "/v1/reports/usage";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +68,7 @@ struct Raw {
 /// Where and how usage reports go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportSettings {
+    /// The placement webhook's base URL (reports go to `<url>/v1/reports/usage`).
     pub url: String,
     pub credential_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
@@ -138,7 +140,11 @@ impl Settings {
                 None
             }
             Some(url) => {
-                crate::http::Url::parse(&url).map_err(ShimError::Config)?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ShimError::Config(format!(
+                        "webhook_url {url:?} must start with http:// or https:// (the placement service's base URL)"
+                    )));
+                }
                 let interval = match &raw.report_interval {
                     None => DEFAULT_INTERVAL,
                     Some(v) => parse_interval(v)?,
@@ -282,7 +288,7 @@ mod tests {
     fn full_table() {
         let s = Settings::from_toml(
             r#"
-            webhook_url = "http://127.0.0.1:8080/v1/reports/usage"
+            webhook_url = "http://127.0.0.1:8080"
             credential_file = "/etc/conrdma/token"
             report_interval = "250ms"
             node_name = "Worker-1"
