@@ -51,7 +51,7 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementConfig {
-    /// Base URL, e.g. `https://conrdma-placement.kube-system.svc:8443`.
+    /// Base URL, e.g. `https://conrdma-placement.conrdma-system.svc:8443`.
     pub url: String,
     /// File holding the bearer token.
     pub credential_file: Option<PathBuf>,

@@ -12,13 +12,14 @@ set -euo pipefail
 
 NUM_VFS=${CONRDMA_VM_VFS:-4}
 FACTS=${CONRDMA_VM_NODE_FACTS:-/run/conrdma-vm/node.json}
-step() { echo "node-setup: $*"; }
+t0=$(date +%s.%N)
+step() { echo "node-setup: [$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1fs", b - a}')] $*"; }
 die() { echo "node-setup: FAILED: $*" >&2; exit 1; }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local secs=$1 what=$2; shift 2
   local end=$(( $(date +%s) + secs ))
-  until "$@" 2>/dev/null; do
+  until "$@" >/dev/null 2>&1; do
     [ "$(date +%s)" -lt "$end" ] || die "timed out after ${secs}s waiting for $what"
     sleep 0.2
   done
@@ -72,6 +73,11 @@ for ((i = 0; i < NUM_VFS; i++)); do
   wait_for 20 "/dev/infiniband/$u (devtmpfs)" test -c "/dev/infiniband/$u"
 done
 wait_for 20 "/dev/infiniband/rdma_cm" test -c /dev/infiniband/rdma_cm
+# rxe ports follow their VF netdev's link, which igbvf reports a few seconds after the VF appears
+# (its watchdog polls the PF mailbox): wait, so tests start on ACTIVE ports.
+for ((i = 0; i < NUM_VFS; i++)); do
+  wait_for 60 "rxe$i port ACTIVE (link of ${vfs[$i]})" grep -q ACTIVE "/sys/class/infiniband/rxe$i/ports/1/state"
+done
 step "rdma links: $(rdma link show | tr '\n' ';')"
 
 # --- 4. cgroup v2 with rdma -------------------------------------------------------------------

@@ -22,7 +22,7 @@ use crate::verbs;
 /// Shared state of the running service.
 pub struct App {
     store: RwLock<Store>,
-    tokens: Tokens,
+    tokens: RwLock<Tokens>,
     pub metrics: Metrics,
     max_body: usize,
 }
@@ -31,7 +31,7 @@ impl App {
     pub fn new(cfg: &Config, tokens: Tokens) -> Result<App> {
         Ok(App {
             store: RwLock::new(Store::new(Settings::from(cfg))),
-            tokens,
+            tokens: RwLock::new(tokens),
             metrics: Metrics::new().map_err(|e| PlacementError::Config {
                 origin: "metrics".into(),
                 reason: e.to_string(),
@@ -50,6 +50,11 @@ impl App {
         self.store.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Replaces the accepted credentials (the tokens file changed).
+    pub fn set_tokens(&self, tokens: Tokens) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<()> {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -60,7 +65,15 @@ impl App {
             })
             .filter(|t| !t.is_empty());
         match presented {
-            Some(t) if self.tokens.accepts(t.as_bytes()) => Ok(()),
+            Some(t)
+                if self
+                    .tokens
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .accepts(t.as_bytes()) =>
+            {
+                Ok(())
+            }
             _ => Err(PlacementError::Unauthorized),
         }
     }

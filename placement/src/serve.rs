@@ -29,6 +29,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<()>>,
     pruner: JoinHandle<()>,
+    reloader: JoinHandle<()>,
 }
 
 impl Running {
@@ -36,6 +37,7 @@ impl Running {
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
         self.pruner.abort();
+        self.reloader.abort();
         match self.server.await {
             Ok(r) => r,
             Err(e) => Err(PlacementError::io(
@@ -76,6 +78,7 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
 
 /// Loads credentials and TLS files, binds `listen`, and serves in the background.
 pub async fn start(listen: SocketAddr, cfg: Config) -> Result<Running> {
+    let tokens_stamp = stamp(&cfg.tokens_file);
     let tokens = Tokens::load(&cfg.tokens_file)?;
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
     let app = Arc::new(App::new(&cfg, tokens)?);
@@ -121,6 +124,11 @@ pub async fn start(listen: SocketAddr, cfg: Config) -> Result<Running> {
             }
         })
     };
+    let reloader = tokio::spawn(reload_tokens(
+        app.clone(),
+        cfg.tokens_file.clone(),
+        tokens_stamp,
+    ));
     info!(%addr, tls = is_tls, policy = cfg.policy.name(), ttl_s = cfg.node_ttl_seconds, "conrdma-placement listening");
     Ok(Running {
         addr,
@@ -129,7 +137,42 @@ pub async fn start(listen: SocketAddr, cfg: Config) -> Result<Running> {
         stop,
         server,
         pruner,
+        reloader,
     })
+}
+
+/// How often the tokens file is checked for changes.
+pub const TOKENS_RELOAD: Duration = Duration::from_secs(5);
+
+/// Re-reads the tokens file when its modification time or size changes (a Secret volume is
+/// updated in place), so credentials rotate without a restart. A file that fails to load keeps the
+/// previous credentials and is logged.
+type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
+async fn reload_tokens(app: Arc<App>, path: std::path::PathBuf, mut seen: Stamp) {
+    let mut tick = tokio::time::interval(TOKENS_RELOAD);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match Tokens::load(&path) {
+            Ok(t) => {
+                info!(path = %path.display(), "credentials reloaded");
+                app.set_tokens(t);
+            }
+            Err(e) => warn!(error = %e, "keeping the previous credentials"),
+        }
+    }
 }
 
 /// Resolves once a stop was requested (or the sender is gone).

@@ -479,3 +479,33 @@ async fn oversized_bodies_are_refused() {
     assert_eq!(r.status, 413);
     s.running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_changed_tokens_file_is_picked_up() {
+    let s = start(|_, _| {}).await;
+    let body =
+        serde_json::to_string(&node_report("worker-1", vec![pf("ens1f0", 100, 0, 8, 8)])).unwrap();
+    std::fs::write(s.dir.path().join("tokens"), "rotated-credential\n").unwrap();
+    let mut ok = false;
+    for _ in 0..80 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if call(
+            s.addr,
+            "POST",
+            "/v1/reports/node",
+            Some("rotated-credential"),
+            &body,
+        )
+        .await
+        .status
+            == 200
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "new credential accepted within 8s");
+    let r = call(s.addr, "POST", "/v1/reports/node", Some(TOKEN), &body).await;
+    assert_eq!(r.status, 401, "the old one is gone");
+    s.running.stop().await.unwrap();
+}

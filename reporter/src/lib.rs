@@ -41,7 +41,7 @@ impl SendError {
 /// Where reports go and how to authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Base URL, e.g. `https://conrdma-placement.kube-system.svc:8443`.
+    /// Base URL, e.g. `https://conrdma-placement.conrdma-system.svc:8443`.
     pub url: String,
     /// File holding the bearer token (read at every send, so a rotated secret is picked up).
     pub credential_file: Option<PathBuf>,

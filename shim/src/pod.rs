@@ -150,6 +150,18 @@ impl RateState {
         }
     }
 
+    /// Load-modify-save under a process-wide lock (the proxy and its reporter both update it).
+    /// Does nothing when there is no state.
+    pub fn update(bundle: &Path, f: impl FnOnce(&mut RateState)) -> Result<()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut s) = Self::load(bundle)? {
+            f(&mut s);
+            s.save(bundle)?;
+        }
+        Ok(())
+    }
+
     /// Writes atomically (temp file + rename) into `bundle`.
     pub fn save(&self, bundle: &Path) -> Result<()> {
         let path = Self::path(bundle);

@@ -3,7 +3,7 @@
 //! it is unreachable. The pod's last window is sent with `final: true`.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -139,8 +139,8 @@ pub struct Target {
 }
 
 enum Cmd {
-    /// The pod ended: final report, then stop.
-    Finish,
+    /// The pod ended: spool the final report, acknowledge, deliver what can be, stop.
+    Finish(SyncSender<()>),
     /// The process is going away without the pod's end: stop sampling, send nothing more.
     Abandon,
 }
@@ -175,8 +175,10 @@ impl Reporter {
                     let now = Instant::now();
                     let due = next_sample.min(next_drain);
                     match rx.recv_timeout(due.saturating_duration_since(now)) {
-                        Ok(Cmd::Finish) => {
-                            r.finish();
+                        Ok(Cmd::Finish(ack)) => {
+                            r.window(true);
+                            let _ = ack.send(());
+                            r.deliver_final();
                             return;
                         }
                         Ok(Cmd::Abandon) | Err(RecvTimeoutError::Disconnected) => return,
@@ -204,9 +206,13 @@ impl Reporter {
         })
     }
 
-    /// Asks for the final report; the thread sends it and stops.
-    pub fn stop(&self) {
-        let _ = self.tx.send(Cmd::Finish);
+    /// Ends the pod's reporting: returns once the final report is spooled (or after `wait`);
+    /// the thread then delivers it and stops.
+    pub fn stop(&self, wait: Duration) {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Cmd::Finish(ack)).is_ok() && done.recv_timeout(wait).is_err() {
+            warn!("the final usage report was not spooled in time");
+        }
     }
 
     /// Stops sampling without a final report (the process exits without the pod's end).
@@ -291,17 +297,12 @@ impl Loop {
 
     /// Keeps the state file's last sample current, so a crash loses at most one window.
     fn record(&self, final_spooled: bool) {
-        let bundle = &self.target.state_bundle;
-        match RateState::load(bundle) {
-            Ok(Some(mut st)) => {
-                st.last_sample = self.last;
-                st.final_spooled |= final_spooled;
-                if let Err(e) = st.save(bundle) {
-                    debug!(error = %e, "cannot update the rate state");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => debug!(error = %e, "cannot read the rate state"),
+        let last = self.last;
+        if let Err(e) = RateState::update(&self.target.state_bundle, |st| {
+            st.last_sample = last;
+            st.final_spooled |= final_spooled;
+        }) {
+            debug!(error = %e, "cannot update the rate state");
         }
     }
 
@@ -331,8 +332,7 @@ impl Loop {
         }
     }
 
-    fn finish(&mut self) {
-        self.window(true);
+    fn deliver_final(&mut self) {
         let r = drain_until(&self.cfg, Instant::now() + Duration::from_secs(3));
         match r.failed {
             None => info!(sent = r.sent, "final usage report delivered"),

@@ -320,7 +320,8 @@ impl Proxy {
             Err(e) => error!(pf = %rec.pf, vf = rec.vf, error = %e, "VF rate reset failed"),
         }
         if let Some(r) = st.reporter.take() {
-            r.stop();
+            // Spooled before Delete returns, so the `delete` command that follows sees it done.
+            r.stop(Duration::from_secs(2));
             st.finishing.push(r);
         }
         st.active = None;
@@ -363,15 +364,8 @@ fn sibling(bundle: &Path, id: &str) -> PathBuf {
 }
 
 fn mark_reset(bundle: &Path) {
-    match RateState::load(bundle) {
-        Ok(Some(mut s)) => {
-            s.reset = true;
-            if let Err(e) = s.save(bundle) {
-                warn!(error = %e, "cannot record the reset");
-            }
-        }
-        Ok(None) => {}
-        Err(e) => warn!(error = %e, "cannot read the rate state"),
+    if let Err(e) = RateState::update(bundle, |s| s.reset = true) {
+        warn!(error = %e, "cannot record the reset");
     }
 }
 
@@ -384,5 +378,246 @@ impl MethodHandler for Handler {
     fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<()> {
         let res = self.proxy.handle(self.method, req);
         ctx.respond(ctx.mh.stream_id, res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conrdma_core::limiter::{SimulatedLimiter, VfRate};
+    use conrdma_core::simulate::{build, SimOptions};
+    use containerd_shim_protos::api::ConnectRequest;
+    use protobuf::well_known_types::any::Any;
+    use ttrpc::proto::RequestInit;
+
+    /// Records forwarded calls; answers OK (Connect with a runc-like ConnectResponse).
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<(String, Vec<u8>)>>,
+    }
+
+    impl Upstream for Arc<Fake> {
+        fn call(&self, req: Request) -> ttrpc::Result<Response> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((req.method.clone(), req.payload.clone()));
+            let mut res = Response::init_status(ttrpc::get_status(Code::OK, ""));
+            if req.method == "Connect" {
+                let mut c = ConnectResponse::new();
+                c.shim_pid = 1;
+                c.task_pid = 42;
+                res.payload = c.write_to_bytes().unwrap();
+            }
+            Ok(res)
+        }
+    }
+
+    fn request(method: &str, msg: &dyn protobuf::MessageDyn) -> Request {
+        let mut r = Request::init_request(SERVICE.into(), method.into(), 0, vec![]);
+        r.payload = msg.write_to_bytes_dyn().unwrap();
+        r
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        nic: PathBuf,
+        bundles: PathBuf,
+        fake: Arc<Fake>,
+        proxy: Proxy,
+    }
+
+    fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let nic = dir.path().join("nic");
+        build(
+            &nic,
+            &SimOptions {
+                pfs: 1,
+                vfs_per_pf: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let bundles = dir.path().join("k8s.io");
+        let settings = Settings::from_toml(&format!(
+            "limiter = \"simulated\"\nsysfs_root = {:?}\n",
+            nic.to_string_lossy()
+        ))
+        .unwrap();
+        let limiter: Arc<dyn RateLimiter> = Arc::from(settings.limiter.build());
+        let fake = Arc::new(Fake::default());
+        let proxy = Proxy::new(Box::new(fake.clone()), settings, limiter);
+        World {
+            _dir: dir,
+            nic,
+            bundles,
+            fake,
+            proxy,
+        }
+    }
+
+    fn bundle(w: &World, id: &str, annotations: serde_json::Value) -> String {
+        let b = w.bundles.join(id);
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(
+            b.join("config.json"),
+            serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations }).to_string(),
+        )
+        .unwrap();
+        b.to_string_lossy().into_owned()
+    }
+
+    fn create(w: &World, id: &str, bundle: String, options: Option<Any>) -> Response {
+        let mut m = CreateTaskRequest::new();
+        m.id = id.into();
+        m.bundle = bundle;
+        m.options = MessageField::from_option(options);
+        w.proxy.handle("Create", request("Create", &m))
+    }
+
+    fn ok(r: &Response) -> bool {
+        r.status.as_ref().is_none_or(|s| s.code() == Code::OK)
+    }
+
+    fn alloc(vf: u32) -> String {
+        AllocationRecord {
+            pool: "default".into(),
+            pf: "ens1f0".into(),
+            vf,
+            vf_pci: "x".into(),
+            rdma_device: "mlx5_1".into(),
+            netdev: format!("ens1f0v{vf}"),
+            guaranteed_mbps: 1_000,
+            limit_mbps: 4_000,
+            uverbs: "/dev/infiniband/uverbs1".into(),
+            rdma_cgroup: String::new(),
+        }
+        .to_json()
+    }
+
+    fn our_options() -> Any {
+        let mut any = Any::new();
+        any.type_url = options::RUNTIMEOPTIONS_TYPE.into();
+        any.value = options::RuntimeOptions {
+            config_body: "limiter = \"netlink\"".into(),
+            ..Default::default()
+        }
+        .encode();
+        any
+    }
+
+    #[test]
+    fn pod_lifecycle_through_the_proxy() {
+        let w = world();
+        let sim = SimulatedLimiter::new(&w.nic);
+        let pod = serde_json::json!({
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": "sb",
+            "io.kubernetes.cri.sandbox-name": "p",
+            "io.kubernetes.cri.sandbox-namespace": "default",
+            "io.kubernetes.cri.sandbox-uid": "u",
+            "rdma.conrdma.io/bandwidth": "1G",
+        });
+        let sb = bundle(&w, "sb", pod);
+        assert!(ok(&create(&w, "sb", sb.clone(), Some(our_options()))));
+        // The runtimeoptions Any never reaches runc (no runc keys in the table: dropped).
+        let (_, payload) = w.fake.calls.lock().unwrap()[0].clone();
+        let fwd = CreateTaskRequest::parse_from_bytes(&payload).unwrap();
+        assert!(fwd.options.is_none(), "{:?}", fwd.options);
+
+        let ctr = |name: &str, extra: Option<String>| {
+            let mut a = serde_json::json!({
+                "io.kubernetes.cri.container-type": "container",
+                "io.kubernetes.cri.sandbox-id": "sb",
+                "io.kubernetes.cri.container-name": name,
+                "rdma.conrdma.io/bandwidth": "1G",
+            });
+            if let Some(j) = extra {
+                a["rdma.conrdma.io/allocation"] = j.into();
+            }
+            a
+        };
+        // A container without its allocation is refused before runc sees it.
+        let b = bundle(&w, "c0", ctr("main", None));
+        let r = create(&w, "c0", b, None);
+        let st = r.status.as_ref().unwrap();
+        assert_eq!(st.code(), Code::FAILED_PRECONDITION);
+        assert!(st.message.contains("arrived without rdma.conrdma.io/allocation"), "{}", st.message);
+        assert_eq!(w.fake.calls.lock().unwrap().len(), 1);
+
+        let b = bundle(&w, "c1", ctr("main", Some(alloc(1))));
+        assert!(ok(&create(&w, "c1", b, None)));
+        assert_eq!(sim.get("ens1f0", 1).unwrap(), VfRate::new(1_000, 4_000));
+        let state = RateState::load(Path::new(&sb)).unwrap().expect("state in the sandbox bundle");
+        assert_eq!(state.owner_id, "sb");
+        assert!(state.applied.min_enforced && !state.reset);
+        // A second container of the pod: nothing new; a different VF: refused.
+        let b = bundle(&w, "c2", ctr("side", Some(alloc(1))));
+        assert!(ok(&create(&w, "c2", b, None)));
+        let b = bundle(&w, "c3", ctr("odd", Some(alloc(0))));
+        assert!(!ok(&create(&w, "c3", b, None)));
+
+        // Exec and container deletes keep the rate; the sandbox's init Delete resets it.
+        let del = |id: &str, exec: &str| {
+            let mut d = DeleteRequest::new();
+            d.id = id.into();
+            d.exec_id = exec.into();
+            w.proxy.handle("Delete", request("Delete", &d))
+        };
+        assert!(ok(&del("sb", "exec-1")));
+        assert!(ok(&del("c1", "")));
+        assert_eq!(sim.get("ens1f0", 1).unwrap(), VfRate::new(1_000, 4_000));
+        assert!(ok(&del("sb", "")));
+        assert_eq!(sim.get("ens1f0", 1).unwrap(), VfRate::NONE);
+        assert!(RateState::load(Path::new(&sb)).unwrap().unwrap().reset);
+
+        // Connect names the proxy as the shim, keeps the task pid.
+        let r = w.proxy.handle("Connect", request("Connect", &ConnectRequest::new()));
+        let c = ConnectResponse::parse_from_bytes(&r.payload).unwrap();
+        assert_eq!((c.shim_pid, c.task_pid), (std::process::id(), 42));
+        // Everything else passes through untouched.
+        let n = w.fake.calls.lock().unwrap().len();
+        let r = w.proxy.handle("Pids", request("Pids", &ConnectRequest::new()));
+        assert!(ok(&r));
+        assert_eq!(w.fake.calls.lock().unwrap().len(), n + 1);
+        w.proxy.finish(Duration::from_millis(10));
+    }
+
+    #[test]
+    fn refused_minimum_keeps_the_maximum_and_is_recorded() {
+        let w = world();
+        let sim = SimulatedLimiter::new(&w.nic);
+        std::fs::remove_file(sim.vf_dir("ens1f0", 0).join("min_tx_rate")).unwrap();
+        // Not a CRI pod: the container itself stands for the pod and owns the rate.
+        let b = bundle(
+            &w,
+            "solo",
+            serde_json::json!({
+                "rdma.conrdma.io/bandwidth": "1G",
+                "rdma.conrdma.io/allocation": alloc(0),
+            }),
+        );
+        assert!(ok(&create(&w, "solo", b.clone(), None)));
+        assert_eq!(sim.get("ens1f0", 0).unwrap(), VfRate::new(0, 4_000));
+        let st = RateState::load(Path::new(&b)).unwrap().unwrap();
+        assert_eq!(st.owner_id, "solo");
+        assert!(!st.applied.min_enforced);
+        assert!(st.applied.note.unwrap().contains("not enforced in hardware"));
+    }
+
+    #[test]
+    fn limiter_failure_fails_the_create() {
+        let w = world();
+        let b = bundle(
+            &w,
+            "bad",
+            serde_json::json!({ "rdma.conrdma.io/allocation": alloc(9) }),
+        );
+        let r = create(&w, "bad", b, None);
+        let st = r.status.unwrap();
+        assert_eq!(st.code(), Code::FAILED_PRECONDITION);
+        assert!(st.message.contains("PF ens1f0 has no VF 9"), "{}", st.message);
+        assert!(w.fake.calls.lock().unwrap().is_empty());
     }
 }

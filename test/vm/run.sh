@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The real-kernel test tier, inside the VM node:
 #
-#   sudo hack/vm-node.sh 'bash test/vm/run.sh'            # from the host
-#   CONRDMA_VM_TEST_FILTER=discovery sudo -E hack/vm-node.sh 'bash test/vm/run.sh'   # a subset
+#   sudo hack/vm-node.sh 'bash test/vm/run.sh'                 # from the host
+#   sudo CONRDMA_VM_TEST_FILTER=discovery hack/vm-node.sh 'bash test/vm/run.sh'   # names containing it
 #
-# Runs every staged in-VM test executable (package conrdma-vm-tests, built on the host by
-# hack/vm/stage.sh) with its ignored tests included, one test at a time (containerd, the PF and
-# both cores are shared). Each executable's output goes to $CONRDMA_VM_RESULTS/test-<name>.log too.
-# Skipped tests (e.g. the shim drafts) are listed at the end with their reasons.
+# Runs each test of every staged in-VM test executable (package conrdma-vm-tests, built on the
+# host by hack/vm/stage.sh) on its own, ignored ones included (they are ignored only on development
+# machines), one at a time: containerd, the PF and both cores are shared. Prints each test's time;
+# all output also goes to $CONRDMA_VM_RESULTS/test-<executable>.log. Tests that skip themselves
+# (the shim drafts, until the shim is ready) are counted as skipped, with their reasons.
+# Last line: "vm-tier: N passed, N failed, N skipped".
 set -uo pipefail
 
 if [ "${CONRDMA_VM_NODE:-}" != 1 ]; then
@@ -19,24 +21,40 @@ results=${CONRDMA_VM_RESULTS:?}
 filter=${CONRDMA_VM_TEST_FILTER:-}
 
 shopt -s nullglob
-tests=("$stage"/tests/*)
-if [ ${#tests[@]} -eq 0 ]; then
+executables=("$stage"/tests/*)
+if [ ${#executables[@]} -eq 0 ]; then
   echo "test/vm/run.sh: no test executables in $stage/tests (hack/vm/stage.sh stages them)" >&2
   exit 1
 fi
 
-failed=0
-for t in "${tests[@]}"; do
-  name=$(basename "$t")
-  echo "=== conrdma-vm-tests: $name"
-  # shellcheck disable=SC2086
-  "$t" --include-ignored --test-threads=1 $filter 2>&1 | tee "$results/test-$name.log"
-  rc=${PIPESTATUS[0]}
-  [ "$rc" = 0 ] || failed=1
+skips_of() { local n; n=$(grep -c "^VM-SKIP $1:" "$results/skipped.txt" 2>/dev/null); echo "${n:-0}"; }
+passed=0 failed=0 skipped=0 failures=()
+for exe in "${executables[@]}"; do
+  name=$(basename "$exe")
+  log=$results/test-$name.log
+  mapfile -t tests < <("$exe" --list --include-ignored 2>/dev/null | sed -n 's/: test$//p' | grep -F -- "$filter")
+  echo "=== conrdma-vm-tests/$name: ${#tests[@]} tests"
+  for t in "${tests[@]}"; do
+    t0=$(date +%s.%N)
+    skips_before=$(skips_of "$t")
+    echo "--- $t" >>"$log"
+    "$exe" --include-ignored --exact "$t" --test-threads=1 >>"$log" 2>&1
+    rc=$?
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}')
+    if [ $rc != 0 ]; then
+      failed=$((failed + 1)); failures+=("$name/$t")
+      echo "FAIL $t (${secs}s); its output:"
+      sed -n "/^--- $t\$/,\$p" "$log" | tail -n +2
+    elif [ "$(skips_of "$t")" != "$skips_before" ]; then
+      skipped=$((skipped + 1))
+      echo "skip $t (${secs}s): $(grep "^VM-SKIP $t:" "$results/skipped.txt" | tail -1 | cut -d: -f2- | sed 's/^ //')"
+    else
+      passed=$((passed + 1))
+      echo "ok   $t (${secs}s)"
+    fi
+  done
 done
 
-if [ -s "$results/skipped.txt" ]; then
-  echo "=== skipped, with reasons:"
-  sed 's/^VM-SKIP /  /' "$results/skipped.txt"
-fi
-exit $failed
+[ $failed = 0 ] || printf 'failed: %s\n' "${failures[@]}"
+echo "vm-tier: $passed passed, $failed failed, $skipped skipped"
+[ $failed = 0 ]

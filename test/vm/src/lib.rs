@@ -244,6 +244,21 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// Records a fact the real kernel showed (in the test output and in `kernel-facts.txt` of the
+/// results directory), for docs/vm-testbed.md and for whoever compares with hardware.
+pub fn note(fact: &str) {
+    eprintln!("kernel: {fact}");
+    if let Ok(dir) = std::env::var("CONRDMA_VM_RESULTS") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(PathBuf::from(dir).join("kernel-facts.txt"))
+        {
+            let _ = writeln!(f, "{fact}");
+        }
+    }
+}
+
 /// The host path of a container's cgroup (cgroupfs driver, cgroup v2), from its OCI spec.
 pub fn host_cgroup_dir(spec: &Value) -> PathBuf {
     let p = spec["linux"]["cgroupsPath"]

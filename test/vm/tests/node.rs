@@ -383,12 +383,19 @@ async fn pod_gets_its_vf_uverbs_device_and_rdma_max() {
         "hca_handle=2 allows two contexts: {p}"
     );
     assert_eq!(p["stage"], "open_device", "{p}");
-    // ... and 8 objects at most (each PD is one; the context's own objects count too).
-    let p = n.probe(&ctr, &["--pds", "8"]).await;
+    note(&format!(
+        "3rd context with hca_handle=2 refused: errno {} ({})",
+        p["errno"], p["error"]
+    ));
+    // ... and 8 objects at most: each PD is one (the context is a handle, not an object).
+    let p = n.probe(&ctr, &["--pds", "9"]).await;
     assert_eq!(p["ok"], false, "{p}");
-    let pds = p["pds_allocated"].as_u64().unwrap();
-    assert!((1..8).contains(&pds), "hca_object=8 stops PDs early: {p}");
+    assert_eq!(p["pds_allocated"], 8, "hca_object=8 allows eight PDs: {p}");
     assert_eq!(p["stage"], "alloc_pd", "{p}");
+    note(&format!(
+        "9th PD with hca_object=8 refused: errno {} ({})",
+        p["errno"], p["error"]
+    ));
 
     // rdma.current counts what a running process holds.
     let (code, out, err) = n
@@ -410,16 +417,14 @@ async fn pod_gets_its_vf_uverbs_device_and_rdma_max() {
     let mine = current
         .get(&vf.rdma)
         .unwrap_or_else(|| panic!("rdma.current has no {}: {out}", vf.rdma));
-    assert!(
-        mine.starts_with("hca_handle=1 hca_object="),
-        "one context held: {mine}"
+    assert_eq!(
+        mine, "hca_handle=1 hca_object=2",
+        "one context (a handle) and two PDs (objects) held"
     );
-    let objects: u64 = mine.rsplit('=').next().unwrap().parse().unwrap();
-    assert!(objects >= 2, "two PDs held: {mine}");
-    eprintln!(
-        "kernel: rdma.current with 1 context + 2 PDs: {} {mine}",
+    note(&format!(
+        "rdma.current in the pod while 1 context + 2 PDs are held: {} {mine}",
         vf.rdma
-    );
+    ));
 
     n.cd.cri().stop_and_remove_pod(&pod_id).await.unwrap();
     assert!(n.ledger().is_empty(), "removing the pod released its VF");
@@ -460,6 +465,247 @@ async fn oversubscribing_the_real_1gbps_pf_is_refused_with_the_reason() {
     let held: BTreeSet<String> = n.ledger().into_iter().map(|h| h.pod.name).collect();
     assert_eq!(held, BTreeSet::from(["a".to_string(), "c".to_string()]));
     n.cd.shutdown().await.unwrap();
+}
+
+// --- rates enforced by the NRI plugin itself (`[enforce]`, pods outside the ConRDMA runtime) ---------
+
+/// The plugin's netlink limiter on the real igb PF: the VF is held to the pod's limit while the pod
+/// runs; igb refuses the guarantee as min_tx_rate, the limiter falls back to the maximum alone and
+/// the plugin says the guarantee is not enforced in hardware; removal resets the VF.
+#[tokio::test]
+#[ignore = "runs inside the VM node: sudo hack/vm-node.sh 'bash test/vm/run.sh'"]
+async fn plugin_holds_the_real_vf_to_the_pod_limit_and_resets_it() {
+    let n = VmNode::start("[enforce]\nenabled = true\nlimiter = \"netlink\"\n").await;
+    let (pod_a, ca) = n
+        .pod(pod("capped", &[(BW, "200Mbps"), (LIMIT, "500Mbps")]))
+        .await
+        .expect("igb's refused min rate does not fail the pod");
+    let a = allocation(&n.spec(&ca).await);
+    assert_eq!(
+        vf_rate(&a.pf, a.vf),
+        VfRates {
+            max_tx: 500,
+            min_tx: 0
+        },
+        "VF {} held to the 500Mbps limit; no min rate on igb",
+        a.vf
+    );
+    let log = n.plugin_log();
+    assert!(
+        log.contains("guarantee not enforced in hardware"),
+        "the plugin says the 200Mbps guarantee is not enforced: {log}"
+    );
+    let (pod_b, cb) = n
+        .pod(pod("plain-guarantee", &[(BW, "300Mbps")]))
+        .await
+        .unwrap();
+    let b = allocation(&n.spec(&cb).await);
+    assert_eq!(
+        vf_rate(&b.pf, b.vf).max_tx,
+        300,
+        "the limit defaults to the guarantee"
+    );
+    for (vf, rate) in vf_rates(&n.facts.pf) {
+        if vf != a.vf && vf != b.vf {
+            assert_eq!(
+                rate,
+                VfRates {
+                    max_tx: 0,
+                    min_tx: 0
+                },
+                "VF {vf} is untouched"
+            );
+        }
+    }
+    note(&format!(
+        "plugin-enforced rates on {}: VF {} max_tx_rate 500 (min 200 refused by igb, fell back to max only), VF {} max_tx_rate 300",
+        a.pf, a.vf, b.vf
+    ));
+
+    let cri = n.cd.cri();
+    cri.stop_and_remove_pod(&pod_a).await.unwrap();
+    assert_eq!(
+        vf_rate(&a.pf, a.vf),
+        VfRates {
+            max_tx: 0,
+            min_tx: 0
+        },
+        "reset after removal"
+    );
+    assert_eq!(
+        vf_rate(&b.pf, b.vf).max_tx,
+        300,
+        "the other pod keeps its limit"
+    );
+    cri.stop_and_remove_pod(&pod_b).await.unwrap();
+    assert_eq!(
+        vf_rate(&b.pf, b.vf),
+        VfRates {
+            max_tx: 0,
+            min_tx: 0
+        }
+    );
+    n.cd.shutdown().await.unwrap();
+}
+
+// --- node reports to the placement webhook --------------------------------------------------------
+
+/// The plugin's node reports, built from the real PF's discovery, reach the placement webhook in
+/// the VM, and the scheduler extender's filter refuses what the node would refuse.
+#[tokio::test]
+#[ignore = "runs inside the VM node: sudo hack/vm-node.sh 'bash test/vm/run.sh'"]
+async fn node_reports_of_the_real_pf_reach_the_placement_webhook() {
+    require_vm_node();
+    let Ok(webhook) = workspace_bin("conrdma-placement") else {
+        skip(
+            "node_reports_of_the_real_pf_reach_the_placement_webhook",
+            "conrdma-placement is not built",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir_in("/run").unwrap();
+    std::fs::write(dir.path().join("tokens"), "vm-node-token\n").unwrap();
+    std::fs::write(dir.path().join("token"), "vm-node-token").unwrap();
+    std::fs::write(
+        dir.path().join("placement.toml"),
+        format!("tokens_file = {:?}\n", dir.path().join("tokens")),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let node = "vm-node";
+    let mut cmd = Command::new(webhook);
+    cmd.args(["--listen", &addr, "--config"])
+        .arg(dir.path().join("placement.toml"));
+    let _webhook =
+        ChildGuard::spawn("placement", &mut cmd, &dir.path().join("placement.log")).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while http(&addr, "GET", "/v1/nodes", None).0 == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhook never listened on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let n = VmNode::start(&format!(
+        "[placement]\nurl = \"http://{addr}\"\ncredential_file = {:?}\nnode_name = \"{node}\"\ninterval_seconds = 30\n",
+        dir.path().join("token")
+    ))
+    .await;
+
+    // The plugin's first report (at start) shows the empty 1Gbps PF.
+    wait_for_guaranteed(&addr, node, 0).await;
+    let (_, res) = http(&addr, "POST", "/filter", Some(&filter_args(node, "1Gbps")));
+    assert_eq!(
+        res["NodeNames"],
+        serde_json::json!([node]),
+        "the whole PF fits: {res}"
+    );
+
+    let (pod_id, _) = n.pod(pod("a", &[(BW, "700Mbps")])).await.unwrap();
+    wait_for_guaranteed(&addr, node, 700).await;
+    let (_, res) = http(
+        &addr,
+        "POST",
+        "/filter",
+        Some(&filter_args(node, "400Mbps")),
+    );
+    assert_eq!(res["NodeNames"], serde_json::json!([]), "{res}");
+    let reason = res["FailedNodes"][node].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("conrdma:") && reason.contains("400Mbps"),
+        "kube-scheduler is told why: {res}"
+    );
+    let (_, res) = http(
+        &addr,
+        "POST",
+        "/filter",
+        Some(&filter_args(node, "300Mbps")),
+    );
+    assert_eq!(
+        res["NodeNames"],
+        serde_json::json!([node]),
+        "what is left fits: {res}"
+    );
+
+    n.cd.cri().stop_and_remove_pod(&pod_id).await.unwrap();
+    wait_for_guaranteed(&addr, node, 0).await;
+    n.cd.shutdown().await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request on loopback; (status, JSON body or Null). Errors (webhook not up yet)
+/// come back as status 0.
+fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, Value::Null);
+    };
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut out = String::new();
+    if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut out).is_err() || out.len() < 12
+    {
+        return (0, Value::Null);
+    }
+    let status = out[9..12].parse().unwrap_or(0);
+    let text = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // The body may be chunked: the JSON is what lies between the first '{' and the last '}'.
+    let json = match (text.find('{'), text.rfind('}')) {
+        (Some(a), Some(b)) if a < b => serde_json::from_str(&text[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    (status, json)
+}
+
+/// Sum of the guaranteed bandwidth the webhook holds for `node`, if it knows the node.
+fn guaranteed(addr: &str, node: &str) -> Option<u64> {
+    let (_, nodes) = http(addr, "GET", "/v1/nodes", None);
+    let n = nodes["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)?
+        .clone();
+    let pools = n["pools"]
+        .as_array()
+        .or_else(|| n["report"]["pools"].as_array())?;
+    Some(
+        pools
+            .iter()
+            .map(|p| p["guaranteed_mbps"].as_u64().unwrap_or(0))
+            .sum(),
+    )
+}
+
+async fn wait_for_guaranteed(addr: &str, node: &str, want: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while guaranteed(addr, node) != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhook never saw {want}Mbps guaranteed on {node}: {:?}",
+            http(addr, "GET", "/v1/nodes", None).1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn filter_args(node: &str, bandwidth: &str) -> Value {
+    serde_json::json!({
+        "Pod": {"metadata": {"name": "next", "namespace": "ml", "uid": "u-next",
+                "annotations": {"rdma.conrdma.io/bandwidth": bandwidth}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]}},
+        "Nodes": null,
+        "NodeNames": [node]
+    })
 }
 
 // --- kernel facts the shim's netlink limiter relies on ---------------------------------------------
@@ -525,81 +771,66 @@ fn igb_takes_max_tx_rate_and_refuses_min_tx_rate() {
     );
 }
 
-// --- the shim (TODO: fill in as the shim lands) ----------------------------------------------------
+// --- the ConRDMA shim as the pods' runtime, with the netlink limiter on the real PF ---------------
 
-/// The staged shim, or None after recording why the test is skipped.
-fn shim_ready(test: &str) -> Option<PathBuf> {
-    let Ok(shim) = workspace_bin("containerd-shim-conrdma-v1") else {
-        skip(
-            test,
-            "containerd-shim-conrdma-v1 is not built yet (shim issue)",
-        );
-        return None;
-    };
-    if std::env::var("CONRDMA_VM_SHIM").as_deref() != Ok("1") {
-        // TODO(shim): once these drafts pass against the shim, drop this gate.
-        skip(
-            test,
-            "draft not yet checked against the shim: run with CONRDMA_VM_SHIM=1 (TODO shim issue)",
-        );
-        return None;
+const HANDLER: &str = "conrdma";
+const SHIM: &str = "containerd-shim-conrdma-v1";
+
+/// The staged shim's directory, or None after recording why the test is skipped.
+fn shim_dir(test: &str) -> Option<PathBuf> {
+    match workspace_bin(SHIM) {
+        Ok(shim) => shim.parent().map(|d| d.to_path_buf()),
+        Err(_) => {
+            skip(test, "containerd-shim-conrdma-v1 is not built");
+            None
+        }
     }
-    Some(shim)
 }
 
-/// containerd with a `conrdma` runtime handler running the shim with the netlink limiter.
-fn shim_options(shim: PathBuf, extra: &[(&str, toml::Value)]) -> ContainerdOptions {
-    let mut h = RuntimeHandler::new("conrdma", "io.containerd.conrdma.v1");
-    h.runtime_path = Some(shim);
+/// containerd with the `conrdma` runtime handler: the shim with the netlink limiter, plus `extra`
+/// options (reports).
+fn shim_options(dir: PathBuf, extra: &[(&str, toml::Value)]) -> ContainerdOptions {
+    let mut h = RuntimeHandler::new(HANDLER, "io.containerd.conrdma.v1");
+    h.pod_annotations = vec!["rdma.conrdma.io/*".into()];
     h.options.insert("limiter".into(), "netlink".into());
     for (k, v) in extra {
         h.options.insert((*k).into(), v.clone());
     }
     ContainerdOptions {
         runtimes: vec![h],
+        extra_path: vec![dir],
         ..Default::default()
     }
 }
 
-#[tokio::test]
-#[ignore = "runs inside the VM node: sudo hack/vm-node.sh 'bash test/vm/run.sh'"]
-async fn shim_holds_the_vf_to_the_pod_limit_and_resets_it_after_removal() {
-    const T: &str = "shim_holds_the_vf_to_the_pod_limit_and_resets_it_after_removal";
-    require_vm_node();
-    let Some(shim) = shim_ready(T) else { return };
-    let n = VmNode::start_with("", shim_options(shim, &[])).await;
-    let (pod_id, ctr) = n
-        .pod(pod("limited", &[(LIMIT, "400Mbps")]).runtime_handler("conrdma"))
-        .await
-        .unwrap();
-    let rec = allocation(&n.spec(&ctr).await);
-    // TODO(shim): if the shim applies the rate asynchronously, poll here instead.
-    assert_eq!(
-        vf_rate(&rec.pf, rec.vf).max_tx,
-        400,
-        "max_tx_rate while the pod runs"
-    );
-    n.cd.cri().stop_and_remove_pod(&pod_id).await.unwrap();
-    assert_eq!(
-        vf_rate(&rec.pf, rec.vf),
-        VfRates {
-            max_tx: 0,
-            min_tx: 0
-        },
-        "reset after removal"
-    );
-    n.cd.shutdown().await.unwrap();
+/// Polls `f` until it returns Some, or panics after `WAIT` naming `what`.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
+/// Under the shim, the real PF's VF info shows max_tx_rate = the pod's limit while it runs; igb
+/// refuses the guarantee as min_tx_rate and the shim runs the pod with the maximum alone, saying
+/// the guarantee is not enforced in hardware; removing the pod resets the VF.
 #[tokio::test]
 #[ignore = "runs inside the VM node: sudo hack/vm-node.sh 'bash test/vm/run.sh'"]
-async fn shim_copes_with_igb_refusing_the_guarantee_as_min_rate() {
-    const T: &str = "shim_copes_with_igb_refusing_the_guarantee_as_min_rate";
+async fn shim_holds_the_real_vf_to_the_pod_limit_and_resets_it_after_removal() {
+    const T: &str = "shim_holds_the_real_vf_to_the_pod_limit_and_resets_it_after_removal";
     require_vm_node();
-    let Some(shim) = shim_ready(T) else { return };
-    let n = VmNode::start_with("", shim_options(shim, &[])).await;
-    let (_, ctr) = n
-        .pod(pod("guaranteed", &[(BW, "200Mbps"), (LIMIT, "500Mbps")]).runtime_handler("conrdma"))
+    let Some(dir) = shim_dir(T) else { return };
+    let mut n = VmNode::start_with("", shim_options(dir, &[])).await;
+    let mark = n.cd.log_mark();
+    let (pod_id, ctr) = n
+        .pod(pod("trainer", &[(BW, "200Mbps"), (LIMIT, "500Mbps")]).runtime_handler(HANDLER))
         .await
         .expect("the pod runs although igb has no min rate");
     let rec = allocation(&n.spec(&ctr).await);
@@ -608,24 +839,231 @@ async fn shim_copes_with_igb_refusing_the_guarantee_as_min_rate() {
         VfRates {
             max_tx: 500,
             min_tx: 0
-        }
+        },
+        "VF {} held to the 500Mbps limit while the pod runs",
+        rec.vf
     );
-    // TODO(shim): assert where the shim records "guarantee not enforced in hardware" (log line,
-    // report field or annotation) once that is settled.
+    for (vf, rate) in vf_rates(&rec.pf) {
+        if vf != rec.vf {
+            assert_eq!(
+                rate,
+                VfRates {
+                    max_tx: 0,
+                    min_tx: 0
+                },
+                "VF {vf} is untouched"
+            );
+        }
+    }
+    n.cd.wait_for_log_since(mark, "the guarantee is not enforced in hardware", WAIT)
+        .await
+        .expect("the shim says igb refused the 200Mbps minimum");
+    // The verbs device works in a pod under the shim too.
+    let p = n.probe(&ctr, &[]).await;
+    assert_eq!(
+        (p["ok"].as_bool(), p["device"].as_str()),
+        (Some(true), Some(rec.rdma_device.as_str())),
+        "{p}"
+    );
+    note(&format!(
+        "shim with the netlink limiter: {} VF {} max_tx_rate 500 while the pod runs (min_tx_rate 200 refused by igb)",
+        rec.pf, rec.vf
+    ));
+
+    let mark = n.cd.log_mark();
+    n.cd.cri().stop_and_remove_pod(&pod_id).await.unwrap();
+    eventually("the VF rate reset after removal", || {
+        (vf_rate(&rec.pf, rec.vf)
+            == VfRates {
+                max_tx: 0,
+                min_tx: 0,
+            })
+        .then_some(())
+    })
+    .await;
+    n.cd.wait_for_log_since(mark, "VF rate reset: the pod is gone", WAIT)
+        .await
+        .unwrap();
     n.cd.shutdown().await.unwrap();
 }
 
+/// Usage reports from the shim (real VF counters from IFLA_VF_STATS) reach an HTTP receiver in
+/// the VM, with the pod's identity, its VF and its limits, ending with a final report at removal.
+/// Under emulation igb's VF counters stay at zero, so the rates are not checked here.
 #[tokio::test]
 #[ignore = "runs inside the VM node: sudo hack/vm-node.sh 'bash test/vm/run.sh'"]
 async fn shim_usage_reports_reach_the_receiver() {
     const T: &str = "shim_usage_reports_reach_the_receiver";
     require_vm_node();
-    let Some(shim) = shim_ready(T) else { return };
-    // TODO(shim): a receiver. Either the placement webhook binary (staged as conrdma-placement)
-    // or a tokio TcpListener on 127.0.0.1 that answers 200 and keeps the bodies; then start the
-    // node with webhook_url = "http://127.0.0.1:<port>/v1/reports/usage", report_interval = "1s",
-    // node_name = "vm-node", spool_dir under n.cd.dir(), run a pod with the conrdma handler and
-    // wait for a report naming its uid.
-    let _ = shim;
-    skip(T, "TODO(shim): receiver not written yet");
+    let Some(dir) = shim_dir(T) else { return };
+    let rx = Receiver::start();
+    let tmp = tempfile::tempdir_in("/run").unwrap();
+    std::fs::write(tmp.path().join("token"), "vm-shim-token\n").unwrap();
+    let path = |p: &str| toml::Value::from(tmp.path().join(p).to_string_lossy().into_owned());
+    let opts = shim_options(
+        dir,
+        &[
+            ("webhook_url", rx.url().into()),
+            ("credential_file", path("token")),
+            ("report_interval", "1s".into()),
+            ("node_name", "vm-node".into()),
+            ("spool_dir", path("spool")),
+        ],
+    );
+    let n = VmNode::start_with("", opts).await;
+    let (pod_id, ctr) = n
+        .pod(pod("reporter", &[(BW, "100Mbps"), (LIMIT, "250Mbps")]).runtime_handler(HANDLER))
+        .await
+        .unwrap();
+    let rec = allocation(&n.spec(&ctr).await);
+    eventually("a usage report", || (!rx.bodies().is_empty()).then_some(())).await;
+    n.cd.cri().stop_and_remove_pod(&pod_id).await.unwrap();
+    eventually("the final report", || {
+        rx.reports()
+            .iter()
+            .any(|r| r["is_final"] == true)
+            .then_some(())
+    })
+    .await;
+
+    let heads = rx.heads();
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.starts_with("POST /v1/reports/usage ")
+                && h.to_ascii_lowercase()
+                    .contains("authorization: bearer vm-shim-token")),
+        "path and bearer credential: {heads:?}"
+    );
+    let reports = rx.reports();
+    let r = &reports[0];
+    assert_eq!(
+        (
+            r["node"].as_str(),
+            r["pod"]["name"].as_str(),
+            r["pod"]["uid"].as_str(),
+            r["pf"].as_str(),
+            r["vf"].as_u64(),
+            r["guaranteed_mbps"].as_u64(),
+            r["limit_mbps"].as_u64()
+        ),
+        (
+            Some("vm-node"),
+            Some("reporter"),
+            Some("uid-reporter"),
+            Some(rec.pf.as_str()),
+            Some(rec.vf as u64),
+            Some(100),
+            Some(250)
+        ),
+        "{r}"
+    );
+    assert_eq!(reports.iter().filter(|r| r["is_final"] == true).count(), 1);
+    note(&format!(
+        "shim usage reports from the real PF: {} reports, first tx_mbps {} rx_mbps {} (igb VF counters under QEMU)",
+        reports.len(),
+        r["tx_mbps"],
+        r["rx_mbps"]
+    ));
+    n.cd.shutdown().await.unwrap();
+}
+
+/// A minimal HTTP receiver on loopback: answers 202 to every request and keeps (head, body).
+struct Receiver {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let request = loop {
+                    let Ok(k) = c.read(&mut chunk) else {
+                        break None;
+                    };
+                    if k == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..k]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let Some(i) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = text[..i].to_string();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + len {
+                        let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).into_owned();
+                        break Some((head, body));
+                    }
+                };
+                if let Some(r) = request {
+                    g.lock().unwrap().push(r);
+                    let _ = c.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n");
+                }
+            }
+        });
+        Receiver { port, got, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// Every report of every batch received, in arrival order.
+    fn reports(&self) -> Vec<Value> {
+        self.bodies()
+            .iter()
+            .filter_map(|b| serde_json::from_str::<Value>(b).ok())
+            .flat_map(|v| v["reports"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
