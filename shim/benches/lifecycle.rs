@@ -79,7 +79,11 @@ fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
 fn argv0(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
-        .and_then(|raw| raw.split(|b| *b == 0).next().map(|s| String::from_utf8_lossy(s).into_owned()))
+        .and_then(|raw| {
+            raw.split(|b| *b == 0)
+                .next()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+        })
         .unwrap_or_default()
 }
 
@@ -93,7 +97,16 @@ async fn main() {
     let sim = tempfile::tempdir().unwrap();
     let nic = sim.path().join("nic");
     let ok = Command::new(workspace_bin("conrdmactl").unwrap())
-        .args(["simulate-nic", "--pfs", "2", "--vfs", "16", "--speed", "100G", "--root"])
+        .args([
+            "simulate-nic",
+            "--pfs",
+            "2",
+            "--vfs",
+            "16",
+            "--speed",
+            "100G",
+            "--root",
+        ])
         .arg(&nic)
         .status()
         .unwrap();
@@ -102,11 +115,17 @@ async fn main() {
     let mut h = RuntimeHandler::new("conrdma", "io.containerd.conrdma.v1");
     h.pod_annotations = vec!["rdma.conrdma.io/*".into()];
     h.options.insert("limiter".into(), "simulated".into());
-    h.options
-        .insert("sysfs_root".into(), nic.to_string_lossy().into_owned().into());
+    h.options.insert(
+        "sysfs_root".into(),
+        nic.to_string_lossy().into_owned().into(),
+    );
     h.options.insert(
         "Root".into(),
-        sim.path().join("runc").to_string_lossy().into_owned().into(),
+        sim.path()
+            .join("runc")
+            .to_string_lossy()
+            .into_owned()
+            .into(),
     );
     let opts = ContainerdOptions {
         runtimes: vec![h],

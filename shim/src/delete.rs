@@ -164,18 +164,17 @@ fn run_runc_delete(bundle: &Path, argv: &[String]) -> i32 {
     }
 }
 
-/// Step 3.
+/// Step 3. Only when the group's proxy no longer answers: its runc child is dead or dying then
+/// (PDEATHSIG), and neither removes its socket file after a crash.
 fn remove_stale_sockets(flags: &Flags, bundle: &Path) {
     if flags.address.is_empty() || flags.namespace.is_empty() {
         return;
     }
     let spec = Spec::read(bundle).unwrap_or_default();
     let socket = socket_path(&flags.address, &flags.namespace, spec.group(&flags.id));
-    if socket.exists() && !accepts(&socket) {
-        let _ = std::fs::remove_file(&socket);
+    if accepts(&socket) {
+        return;
     }
-    let child = child_socket(&socket);
-    if child.exists() && !accepts(&child) {
-        let _ = std::fs::remove_file(&child);
-    }
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(child_socket(&socket));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conrdma_core::limiter::{RateLimiter, VfCounters};
+use conrdma_core::limiter::RateLimiter;
 use conrdma_core::report::{PodId, UsageBatch, UsageReport};
 use conrdma_core::AllocationRecord;
 use tracing::{debug, info, warn};
@@ -265,10 +265,7 @@ impl Loop {
             // The final report goes out even when counters are unreadable: an empty window.
             is_final.then(|| Sample {
                 unix_ms: now_ms(),
-                counters: self
-                    .last
-                    .map(|s| s.counters)
-                    .unwrap_or(VfCounters::default()),
+                counters: self.last.map(|s| s.counters).unwrap_or_default(),
             })
         }) else {
             return;
@@ -346,6 +343,7 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conrdma_core::limiter::VfCounters;
 
     fn rec() -> AllocationRecord {
         AllocationRecord {

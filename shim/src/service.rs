@@ -543,13 +543,20 @@ mod tests {
         let r = create(&w, "c0", b, None);
         let st = r.status.as_ref().unwrap();
         assert_eq!(st.code(), Code::FAILED_PRECONDITION);
-        assert!(st.message.contains("arrived without rdma.conrdma.io/allocation"), "{}", st.message);
+        assert!(
+            st.message
+                .contains("arrived without rdma.conrdma.io/allocation"),
+            "{}",
+            st.message
+        );
         assert_eq!(w.fake.calls.lock().unwrap().len(), 1);
 
         let b = bundle(&w, "c1", ctr("main", Some(alloc(1))));
         assert!(ok(&create(&w, "c1", b, None)));
         assert_eq!(sim.get("ens1f0", 1).unwrap(), VfRate::new(1_000, 4_000));
-        let state = RateState::load(Path::new(&sb)).unwrap().expect("state in the sandbox bundle");
+        let state = RateState::load(Path::new(&sb))
+            .unwrap()
+            .expect("state in the sandbox bundle");
         assert_eq!(state.owner_id, "sb");
         assert!(state.applied.min_enforced && !state.reset);
         // A second container of the pod: nothing new; a different VF: refused.
@@ -573,12 +580,16 @@ mod tests {
         assert!(RateState::load(Path::new(&sb)).unwrap().unwrap().reset);
 
         // Connect names the proxy as the shim, keeps the task pid.
-        let r = w.proxy.handle("Connect", request("Connect", &ConnectRequest::new()));
+        let r = w
+            .proxy
+            .handle("Connect", request("Connect", &ConnectRequest::new()));
         let c = ConnectResponse::parse_from_bytes(&r.payload).unwrap();
         assert_eq!((c.shim_pid, c.task_pid), (std::process::id(), 42));
         // Everything else passes through untouched.
         let n = w.fake.calls.lock().unwrap().len();
-        let r = w.proxy.handle("Pids", request("Pids", &ConnectRequest::new()));
+        let r = w
+            .proxy
+            .handle("Pids", request("Pids", &ConnectRequest::new()));
         assert!(ok(&r));
         assert_eq!(w.fake.calls.lock().unwrap().len(), n + 1);
         w.proxy.finish(Duration::from_millis(10));
@@ -603,7 +614,11 @@ mod tests {
         let st = RateState::load(Path::new(&b)).unwrap().unwrap();
         assert_eq!(st.owner_id, "solo");
         assert!(!st.applied.min_enforced);
-        assert!(st.applied.note.unwrap().contains("not enforced in hardware"));
+        assert!(st
+            .applied
+            .note
+            .unwrap()
+            .contains("not enforced in hardware"));
     }
 
     #[test]
@@ -617,7 +632,11 @@ mod tests {
         let r = create(&w, "bad", b, None);
         let st = r.status.unwrap();
         assert_eq!(st.code(), Code::FAILED_PRECONDITION);
-        assert!(st.message.contains("PF ens1f0 has no VF 9"), "{}", st.message);
+        assert!(
+            st.message.contains("PF ens1f0 has no VF 9"),
+            "{}",
+            st.message
+        );
         assert!(w.fake.calls.lock().unwrap().is_empty());
     }
 }

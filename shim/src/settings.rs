@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.conrdma.options]
-//! webhook_url = "https://conrdma-placement.kube-system.svc:8443"   # POSTs go to <url>/v1/reports/usage
+//! webhook_url = "https://conrdma-placement.conrdma-system.svc:8443"   # POSTs go to <url>/v1/reports/usage
 //! ca_file = "/etc/conrdma/ca.pem"
 //! credential_file = "/etc/conrdma/shim-token"
 //! report_interval = "10s"

@@ -206,9 +206,13 @@ impl Node {
                     .into(),
             );
         }
+        // The same runtime with a misspelt option, to see how that fails.
+        let mut typo = RuntimeHandler::new("conrdma-typo", "io.containerd.conrdma.v1");
+        typo.options
+            .insert("webhok_url".into(), "http://127.0.0.1:1".into());
         let shim_dir = workspace_bin(SHIM).unwrap().parent().unwrap().to_path_buf();
         let opts = ContainerdOptions {
-            runtimes: vec![h],
+            runtimes: vec![h, typo],
             extra_path: vec![shim_dir],
             ..Default::default()
         };
@@ -536,6 +540,19 @@ async fn container_without_its_allocation_is_refused() {
         "{}",
         err.message()
     );
+    // A misspelt option fails the pod's start with the accepted keys, not a silent default.
+    let spec = PodSpec::new("typo", "default", "uid-typo").runtime_handler("conrdma-typo");
+    let err =
+        n.cd.cri()
+            .run_pod_spec(&spec)
+            .await
+            .expect_err("bad options");
+    assert!(
+        err.message().contains("unknown field `webhok_url`")
+            && err.message().contains("accepted keys: webhook_url"),
+        "{}",
+        err.message()
+    );
     // Pods that ask for nothing run normally.
     let (_, c) = n.pod("plain", &[("example.com/x", "y")]).await.unwrap();
     assert_eq!(
@@ -567,7 +584,10 @@ async fn usage_reports_reach_the_webhook_across_an_outage() {
         let mut tx: u64 = 0;
         while !s2.load(Ordering::SeqCst) {
             tx += 12_500_000;
-            std::fs::write(&stats2, format!("tx_bytes: {tx}\nrx_bytes: {}\n", tx / 10)).unwrap();
+            // Replace the file whole, so a reader never sees it half-written.
+            let tmp = stats2.with_extension("tmp");
+            std::fs::write(&tmp, format!("tx_bytes: {tx}\nrx_bytes: {}\n", tx / 10)).unwrap();
+            std::fs::rename(&tmp, &stats2).unwrap();
             std::thread::sleep(Duration::from_millis(100));
         }
     });

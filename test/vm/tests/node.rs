@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use conrdma_core::ledger::{Held, Ledger};
+use conrdma_core::report::{UsageBatch, UsageReport};
 use conrdma_core::AllocationRecord;
 use conrdma_e2e::{
     workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec, RuntimeHandler,
@@ -919,10 +920,7 @@ async fn shim_usage_reports_reach_the_receiver() {
     eventually("a usage report", || (!rx.bodies().is_empty()).then_some(())).await;
     n.cd.cri().stop_and_remove_pod(&pod_id).await.unwrap();
     eventually("the final report", || {
-        rx.reports()
-            .iter()
-            .any(|r| r["is_final"] == true)
-            .then_some(())
+        rx.reports().iter().any(|r| r.is_final).then_some(())
     })
     .await;
 
@@ -935,35 +933,48 @@ async fn shim_usage_reports_reach_the_receiver() {
                     .contains("authorization: bearer vm-shim-token")),
         "path and bearer credential: {heads:?}"
     );
-    let reports = rx.reports();
+    let mut reports = rx.reports();
+    reports.sort_by_key(|r| r.window_start_unix_ms);
     let r = &reports[0];
     assert_eq!(
         (
-            r["node"].as_str(),
-            r["pod"]["name"].as_str(),
-            r["pod"]["uid"].as_str(),
-            r["pf"].as_str(),
-            r["vf"].as_u64(),
-            r["guaranteed_mbps"].as_u64(),
-            r["limit_mbps"].as_u64()
+            r.node.as_str(),
+            r.pod.name.as_str(),
+            r.pod.uid.as_str(),
+            r.pf.as_str(),
+            r.vf,
+            r.guaranteed_mbps,
+            r.limit_mbps
         ),
         (
-            Some("vm-node"),
-            Some("reporter"),
-            Some("uid-reporter"),
-            Some(rec.pf.as_str()),
-            Some(rec.vf as u64),
-            Some(100),
-            Some(250)
+            "vm-node",
+            "reporter",
+            "uid-reporter",
+            rec.pf.as_str(),
+            rec.vf,
+            100,
+            250
         ),
-        "{r}"
+        "{r:?}"
     );
-    assert_eq!(reports.iter().filter(|r| r["is_final"] == true).count(), 1);
+    assert_eq!(reports.iter().filter(|r| r.is_final).count(), 1);
+    assert!(
+        reports.last().unwrap().is_final,
+        "the final report comes last"
+    );
+    for w in reports.windows(2) {
+        assert_eq!(
+            w[0].window_end_unix_ms, w[1].window_start_unix_ms,
+            "the windows tile the pod's life: {:?} then {:?}",
+            w[0], w[1]
+        );
+    }
     note(&format!(
-        "shim usage reports from the real PF: {} reports, first tx_mbps {} rx_mbps {} (igb VF counters under QEMU)",
+        "shim usage reports from the real PF: {} reports over {} ms, tx_mbps {:?}, rx_mbps {:?} (igb VF counters under QEMU)",
         reports.len(),
-        r["tx_mbps"],
-        r["rx_mbps"]
+        reports.last().unwrap().window_end_unix_ms - r.window_start_unix_ms,
+        reports.iter().map(|r| r.tx_mbps).collect::<Vec<_>>(),
+        reports.iter().map(|r| r.rx_mbps).collect::<Vec<_>>()
     ));
     n.cd.shutdown().await.unwrap();
 }
@@ -1052,12 +1063,16 @@ impl Receiver {
             .collect()
     }
 
-    /// Every report of every batch received, in arrival order.
-    fn reports(&self) -> Vec<Value> {
+    /// Every report of every batch received, in arrival order; each batch must be valid.
+    fn reports(&self) -> Vec<UsageReport> {
         self.bodies()
             .iter()
-            .filter_map(|b| serde_json::from_str::<Value>(b).ok())
-            .flat_map(|v| v["reports"].as_array().cloned().unwrap_or_default())
+            .flat_map(|b| {
+                let batch: UsageBatch = serde_json::from_str(b)
+                    .unwrap_or_else(|e| panic!("not a usage batch ({e}): {b}"));
+                batch.validate().expect("a valid usage batch");
+                batch.reports
+            })
             .collect()
     }
 }
