@@ -438,7 +438,8 @@ mod tests {
 
     #[test]
     fn node_report_refusals_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut NodeReport)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut NodeReport)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|r| r.version = 2), "version 2"),
             (
                 Box::new(|r| r.node = "Worker_1".into()),

@@ -204,7 +204,8 @@ mod tests {
 
     #[test]
     fn refusals_name_key_value_and_form() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 &[(KEY_BANDWIDTH, "10Gi")],
                 KEY_BANDWIDTH,

@@ -45,7 +45,7 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn report(name: &str, v: &mut Vec<Duration>) {
+fn report(name: &str, v: &mut [Duration]) {
     let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
     println!(
         "{name:<44} n={:<5} p50={:>7.1}us p99={:>7.1}us max={:>7.1}us",

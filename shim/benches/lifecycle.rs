@@ -17,7 +17,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use conrdma_e2e::containerd::shim_pids;
-use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions, Cri, PodSpec, RuntimeHandler};
+use conrdma_e2e::{
+    simulate_nic, workspace_bin, Containerd, ContainerdOptions, Cri, PodSpec, RuntimeHandler,
+};
 
 const SHIM: &str = "containerd-shim-conrdma-v1";
 const BW: (&str, &str) = ("rdma.conrdma.io/bandwidth", "1Gbps");
@@ -96,21 +98,7 @@ async fn main() {
     let shim = workspace_bin(SHIM).expect("shim binary");
     let sim = tempfile::tempdir().unwrap();
     let nic = sim.path().join("nic");
-    let ok = Command::new(workspace_bin("conrdmactl").unwrap())
-        .args([
-            "simulate-nic",
-            "--pfs",
-            "2",
-            "--vfs",
-            "16",
-            "--speed",
-            "100G",
-            "--root",
-        ])
-        .arg(&nic)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    simulate_nic(&nic, 2, 16, "100G").unwrap();
     std::fs::write(sim.path().join("node.toml"), "").unwrap();
     let mut h = RuntimeHandler::new("conrdma", "io.containerd.conrdma.v1");
     h.pod_annotations = vec!["rdma.conrdma.io/*".into()];

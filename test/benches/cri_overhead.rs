@@ -7,10 +7,9 @@
 //! Run (as root, after `cargo build --workspace --bins`):
 //!   cargo bench -p conrdma-e2e --bench cri_overhead [-- SAMPLES]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions, Cri};
+use conrdma_e2e::{simulate_nic, Containerd, ContainerdOptions, Cri};
 
 /// Total and per-phase (create, start, stop, remove) durations of one sample.
 async fn sample(cri: &Cri, image: &str, i: usize, tag: &str) -> (Duration, [Duration; 4]) {
@@ -60,21 +59,7 @@ async fn main() {
         .unwrap_or(30);
     let work = tempfile::tempdir().expect("tempdir");
     let nic = work.path().join("nic");
-    let ok = Command::new(workspace_bin("conrdmactl").expect("conrdmactl"))
-        .args([
-            "simulate-nic",
-            "--pfs",
-            "4",
-            "--vfs",
-            "16",
-            "--speed",
-            "100G",
-            "--root",
-        ])
-        .arg(&nic)
-        .status()
-        .expect("simulate-nic");
-    assert!(ok.success());
+    simulate_nic(&nic, 4, 16, "100G").expect("simulate-nic");
 
     let mut with = Containerd::start(ContainerdOptions::default())
         .await
@@ -82,20 +67,15 @@ async fn main() {
     let without = Containerd::start(ContainerdOptions::default())
         .await
         .expect("containerd");
-    let mark = with.log_mark();
     // The ledger lives on tmpfs as on a node (/run/conrdma/nri), where fsync costs microseconds.
     let state = tempfile::tempdir_in("/dev/shm").expect("tmpfs state dir");
-    let mut cmd = Command::new(workspace_bin("conrdma-nri-plugin").expect("plugin"));
-    cmd.arg("--socket")
-        .arg(with.nri_socket())
-        .arg("--root")
-        .arg(&nic)
-        .arg("--state-dir")
-        .arg(state.path());
     let _plugin = with
-        .spawn_process("nri-plugin", &mut cmd)
-        .expect("spawn plugin");
-    with.wait_for_plugin_since(mark, "10-conrdma", Duration::from_secs(20))
+        .start_nri_plugin([
+            "--root".as_ref(),
+            nic.as_os_str(),
+            "--state-dir".as_ref(),
+            state.path().as_os_str(),
+        ])
         .await
         .expect("plugin connected");
 

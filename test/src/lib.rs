@@ -53,12 +53,14 @@
 //! # }
 //! ```
 
+pub mod conrdma;
 pub mod containerd;
 pub mod cri;
 pub mod deps;
 pub mod error;
 pub mod process;
 
+pub use conrdma::{simulate_nic, NRI_PLUGIN};
 pub use containerd::{Containerd, ContainerdOptions, Paths, RuntimeHandler, K8S_NAMESPACE};
 pub use cri::{ContainerSpec, Cri, PodSpec};
 pub use deps::{workspace_bin, DEFAULT_IMAGE};

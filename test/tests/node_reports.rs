@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions};
+use conrdma_e2e::{simulate_nic, workspace_bin, Containerd, ContainerdOptions};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "node-reporter-token";
@@ -77,21 +77,7 @@ fn filter_args(node: &str, bandwidth: &str) -> Value {
 async fn plugin_reports_feed_the_scheduler_extender() {
     let dir = tempfile::tempdir().unwrap();
     let nic = dir.path().join("nic");
-    let ok = Command::new(workspace_bin("conrdmactl").unwrap())
-        .args([
-            "simulate-nic",
-            "--pfs",
-            "1",
-            "--vfs",
-            "4",
-            "--speed",
-            "100G",
-            "--root",
-        ])
-        .arg(&nic)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    simulate_nic(&nic, 1, 4, "100G").unwrap();
     std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     std::fs::write(
@@ -121,18 +107,16 @@ async fn plugin_reports_feed_the_scheduler_extender() {
         dir.path().join("token")
     );
     std::fs::write(dir.path().join("node.toml"), node_cfg).unwrap();
-    let mut cmd = Command::new(workspace_bin("conrdma-nri-plugin").unwrap());
-    cmd.arg("--socket")
-        .arg(cd.nri_socket())
-        .arg("--root")
-        .arg(&nic)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"));
-    cmd.arg("--config").arg(dir.path().join("node.toml"));
     let mut cd = cd;
-    let mark = cd.log_mark();
-    let _plugin = cd.spawn_process("nri-plugin", &mut cmd).unwrap();
-    cd.wait_for_plugin_since(mark, "10-conrdma", Duration::from_secs(20))
+    let _plugin = cd
+        .start_nri_plugin([
+            "--root".as_ref(),
+            nic.as_os_str(),
+            "--state-dir".as_ref(),
+            dir.path().join("state").as_os_str(),
+            "--config".as_ref(),
+            dir.path().join("node.toml").as_os_str(),
+        ])
         .await
         .unwrap();
 

@@ -1,16 +1,17 @@
 //! The NRI plugin on a real containerd 1.7 with runc, driven through CRI like a kubelet, over a
 //! simulated SR-IOV NIC. Each test gets its own containerd, NIC tree, ledger and plugin process.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use conrdma_core::ledger::{Held, Ledger};
 use conrdma_core::AllocationRecord;
-use conrdma_e2e::{workspace_bin, ChildGuard, Containerd, ContainerdOptions};
+use conrdma_e2e::{
+    simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, NRI_PLUGIN as PLUGIN,
+};
 use serde_json::Value;
 
-const PLUGIN: &str = "10-conrdma";
 const WAIT: Duration = Duration::from_secs(20);
 const BW: &str = "rdma.conrdma.io/bandwidth";
 const LIMIT: &str = "rdma.conrdma.io/bandwidth-limit";
@@ -25,38 +26,13 @@ struct Node {
 
 impl Node {
     async fn start(pfs: u32, vfs: u32, speed: &str, config: &str) -> Node {
-        Self::start_with(pfs, vfs, speed, config, ContainerdOptions::default()).await
-    }
-
-    async fn start_with(
-        pfs: u32,
-        vfs: u32,
-        speed: &str,
-        config: &str,
-        opts: ContainerdOptions,
-    ) -> Node {
         let sim = tempfile::tempdir().unwrap();
-        let out = Command::new(workspace_bin("conrdmactl").unwrap())
-            .args(["simulate-nic", "--root"])
-            .arg(sim.path().join("nic"))
-            .args([
-                "--pfs",
-                &pfs.to_string(),
-                "--vfs",
-                &vfs.to_string(),
-                "--speed",
-                speed,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "simulate-nic: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        simulate_nic(&sim.path().join("nic"), pfs, vfs, speed).unwrap();
         let config_path = sim.path().join("node.toml");
         std::fs::write(&config_path, config).unwrap();
-        let cd = Containerd::start(opts).await.unwrap();
+        let cd = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
         let state = sim.path().join("state");
         Node {
             cd,
@@ -73,22 +49,16 @@ impl Node {
 
     /// Starts (or restarts) the external plugin and waits until containerd has synchronized it.
     async fn start_plugin(&mut self) {
-        let mark = self.cd.log_mark();
-        let mut cmd = Command::new(workspace_bin("conrdma-nri-plugin").unwrap());
-        cmd.arg("--socket")
-            .arg(self.cd.nri_socket())
-            .arg("--root")
-            .arg(self.nic())
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info");
-        self.plugin = Some(self.cd.spawn_process("nri-plugin", &mut cmd).unwrap());
-        self.cd
-            .wait_for_plugin_since(mark, PLUGIN, WAIT)
-            .await
-            .unwrap();
+        let nic = self.nic();
+        let args = [
+            OsStr::new("--root"),
+            nic.as_os_str(),
+            OsStr::new("--state-dir"),
+            self.state.as_os_str(),
+            OsStr::new("--config"),
+            self.config.as_os_str(),
+        ];
+        self.plugin = Some(self.cd.start_nri_plugin(args).await.unwrap());
     }
 
     fn ledger(&self) -> Vec<Held> {
@@ -467,21 +437,7 @@ async fn prelaunched_plugin_is_configured_by_containerd() {
     // containerd starts the plugin itself, with no arguments: everything comes from its .conf.
     let sim_parent = tempfile::tempdir().unwrap();
     let nic = sim_parent.path().join("nic");
-    let ok = Command::new(workspace_bin("conrdmactl").unwrap())
-        .args([
-            "simulate-nic",
-            "--pfs",
-            "1",
-            "--vfs",
-            "2",
-            "--speed",
-            "10G",
-            "--root",
-        ])
-        .arg(&nic)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    simulate_nic(&nic, 1, 2, "10G").unwrap();
     let state = sim_parent.path().join("state");
     let mut opts = ContainerdOptions::default();
     opts.prelaunched_plugins

@@ -18,7 +18,7 @@ use conrdma_core::report::{UsageBatch, UsageReport};
 use conrdma_core::AllocationRecord;
 use conrdma_e2e::containerd::shim_pids;
 use conrdma_e2e::{
-    workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec, RuntimeHandler,
+    simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec, RuntimeHandler,
 };
 
 const PLUGIN: &str = "10-conrdma";
@@ -147,25 +147,7 @@ impl Node {
     async fn start(webhook: Option<&str>) -> Node {
         let sim = tempfile::tempdir().unwrap();
         let nic = sim.path().join("nic");
-        let out = Command::new(workspace_bin("conrdmactl").unwrap())
-            .args([
-                "simulate-nic",
-                "--pfs",
-                "1",
-                "--vfs",
-                "4",
-                "--speed",
-                "100G",
-                "--root",
-            ])
-            .arg(&nic)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        simulate_nic(&nic, 1, 4, "100G").unwrap();
         std::fs::write(sim.path().join("node.toml"), "").unwrap();
         std::fs::write(sim.path().join("token"), format!("{TOKEN}\n")).unwrap();
         let mut h = RuntimeHandler::new(HANDLER, "io.containerd.conrdma.v1");

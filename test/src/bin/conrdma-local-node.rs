@@ -92,22 +92,16 @@ async fn run() -> Result<(), String> {
     let mut cd = Containerd::start(ContainerdOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let mark = cd.log_mark();
     let state = work.path().join("state");
-    let plugin_bin = workspace_bin("conrdma-nri-plugin").map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(&plugin_bin);
-    cmd.arg("--socket")
-        .arg(cd.nri_socket())
-        .arg("--root")
-        .arg(&nic)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--config")
-        .arg(&config);
     let plugin = cd
-        .spawn_process("nri-plugin", &mut cmd)
-        .map_err(|e| e.to_string())?;
-    cd.wait_for_plugin_since(mark, "10-conrdma", Duration::from_secs(20))
+        .start_nri_plugin([
+            "--root".as_ref(),
+            nic.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ])
         .await
         .map_err(|e| e.to_string())?;
     step(&format!(

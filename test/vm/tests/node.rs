@@ -151,6 +151,16 @@ fn rdma_lines(text: &str) -> std::collections::BTreeMap<String, String> {
 fn discovery_finds_the_pf_its_vfs_and_their_rdma_devices() {
     require_vm_node();
     let facts = node_facts();
+    // The library call the plugin makes on every refresh, timed on the real sysfs (rxe ports have
+    // 1024 GID entries, nearly all unreadable, and discovery looks at each).
+    let t0 = std::time::Instant::now();
+    let node = conrdma_core::discover(std::path::Path::new("/")).expect("discovery of /");
+    note(&format!(
+        "discover(/) took {:?} under QEMU TCG for {} PF(s), {} VF(s) with rxe",
+        t0.elapsed(),
+        node.pfs.len(),
+        node.pfs.iter().map(|p| p.vfs.len()).sum::<usize>()
+    ));
     let bin = workspace_bin("conrdmactl").unwrap();
     let (code, out, err) = run(bin.to_str().unwrap(), &["discover", "--root", "/"]);
     assert_eq!(code, 0, "conrdmactl discover --root /: {err}");
@@ -344,6 +354,11 @@ async fn pod_gets_its_vf_uverbs_device_and_rdma_max() {
         "{}/rdma.max: {on_host}",
         host_dir.display()
     );
+    note(&format!(
+        "rdma.max of the pod's container cgroup {}: {:?}",
+        host_dir.display(),
+        on_host.trim()
+    ));
     for other in n.facts.vfs.iter().filter(|o| o.rdma != vf.rdma) {
         if let Some(l) = rdma_lines(&on_host).get(&other.rdma) {
             assert_eq!(
@@ -370,6 +385,10 @@ async fn pod_gets_its_vf_uverbs_device_and_rdma_max() {
     let other = n.facts.vfs.iter().find(|o| o.rdma != vf.rdma).unwrap();
     let p = n.probe(&ctr, &["--device", &other.rdma]).await;
     assert_eq!(p["ok"], false, "{p}");
+    note(&format!(
+        "libibverbs in the pod lists {} (sysfs shows every device; only {}'s node exists)",
+        p["devices"], vf.uverbs
+    ));
     assert!(
         p["stage"] == "open_device" || p["stage"] == "find_device",
         "{} must not open inside the pod: {p}",
