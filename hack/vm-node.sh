@@ -121,17 +121,19 @@ wait "$vm_pid"
 vng_rc=$?
 set -e
 trap - INT TERM
+# After a time-out, QEMU may still be shutting down on the TERM it got: a few seconds' grace.
+for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -g "$vm_pid" >/dev/null 2>&1 || break; sleep 0.5; done
 if pgrep -g "$vm_pid" >/dev/null 2>&1; then
-  say "stopping leftover processes of the VM (process group $vm_pid): $(pgrep -g "$vm_pid" | tr '\n' ' ')"
+  say "killing leftover processes of the VM (process group $vm_pid): $(pgrep -g "$vm_pid" | tr '\n' ' ')"
   kill -KILL -- "-$vm_pid" 2>/dev/null || true
 fi
 t_end=$(date +%s.%N)
 sleep 0.2 # let tee finish console.log
 
 # --- outcome -------------------------------------------------------------------------------------
-val() { sed -n "s/^$1=//p" "$results/timings" 2>/dev/null | tail -1; }
+val() { local v; v=$(sed -n "s/^$1=//p" "$results/timings" 2>/dev/null | tail -1); echo "${v:-?}"; }
 boot="?"
-[ -n "$(val guest_start_epoch)" ] && boot=$(secs "$t_boot" "$(val guest_start_epoch)")
+[ "$(val guest_start_epoch)" != "?" ] && boot=$(secs "$t_boot" "$(val guest_start_epoch)")
 summary="install/check $(secs "$t0" "$t_installed")s, build/stage $(secs "$t_installed" "$t_staged")s, boot ${boot}s (kernel uptime $(val kernel_uptime_at_start)s), node setup $(val setup_secs)s, command $(val command_secs)s, VM total $(secs "$t_boot" "$t_end")s, all $(secs "$t0" "$t_end")s"
 {
   echo "host_boot_to_guest_secs=$boot"

@@ -8,7 +8,7 @@
 # host by hack/vm/stage.sh) on its own, ignored ones included (they are ignored only on development
 # machines), one at a time: containerd, the PF and both cores are shared. Prints each test's time;
 # all output also goes to $CONRDMA_VM_RESULTS/test-<executable>.log. Tests that skip themselves
-# (the shim drafts, until the shim is ready) are counted as skipped, with their reasons.
+# (conrdma_vm_tests::skip, e.g. when a binary is not built) are counted as skipped, with reasons.
 # Last line: "vm-tier: N passed, N failed, N skipped".
 set -uo pipefail
 

@@ -5,10 +5,10 @@
 //! Run inside the VM only: `sudo hack/vm-node.sh 'bash test/vm/run.sh'`. On a development machine
 //! `cargo test` lists these as ignored.
 //!
-//! The shim parts of issue 5 (VF max_tx_rate while the pod runs and reset after removal, igb's
-//! refused min rate, usage reports reaching a receiver) are the `shim_*` tests at the end: drafts
-//! that skip with their reason until the shim is staged and `CONRDMA_VM_SHIM=1` says the drafts have
-//! been checked against it.
+//! Also here: the NRI plugin's own rate enforcement and node reports to the placement webhook, the
+//! igb rate contract checked with iproute2, and the ConRDMA shim as the pods' runtime with the
+//! netlink limiter (`shim_*`, skipped with the reason when the shim binary is not built). The
+//! facts the tests record go to `kernel-facts.txt` in the results; see docs/vm-testbed.md.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
