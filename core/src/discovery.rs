@@ -186,12 +186,20 @@ fn read_vf(
     })
 }
 
-/// Maps netdev name -> RDMA device name from every port's GID netdev table (and rxe's `parent`).
+/// Maps netdev name -> RDMA device name. Soft devices (rxe) name their netdev in `parent`; other
+/// devices only through their ports' GID netdev tables, which are scanned only when there is no
+/// `parent` (an rxe port has 1024 GID entries, nearly all unreadable).
 fn rdma_by_netdev(root: &Path) -> HashMap<String, String> {
     let mut map = HashMap::new();
     let class = root.join("sys/class/infiniband");
     for ib in sorted_dir(&class).unwrap_or_default() {
         let dir = class.join(&ib);
+        if let Ok(parent) = read_trimmed(&dir.join("parent")) {
+            if !parent.is_empty() {
+                map.entry(parent).or_insert_with(|| ib.clone());
+                continue;
+            }
+        }
         for port in sorted_dir(&dir.join("ports")).unwrap_or_default() {
             let ndevs = dir.join("ports").join(&port).join("gid_attrs/ndevs");
             for gid in sorted_dir(&ndevs).unwrap_or_default() {
@@ -202,9 +210,6 @@ fn rdma_by_netdev(root: &Path) -> HashMap<String, String> {
                     }
                 }
             }
-        }
-        if let Ok(parent) = read_trimmed(&dir.join("parent")) {
-            map.entry(parent).or_insert_with(|| ib.clone());
         }
     }
     map

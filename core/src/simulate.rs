@@ -47,7 +47,8 @@ const UVERBS_BASE_MINOR: i64 = 192;
 const UVERBS_FIXED: i64 = 32;
 const UVERBS_DYNAMIC_MAJOR: i64 = 240;
 const MISC_MAJOR: i64 = 10;
-const RDMA_CM_MINOR: i64 = 58;
+/// rdma_cm takes a dynamic misc minor; 124 is what Debian's 6.1 kernel gave it in the VM tier.
+const RDMA_CM_MINOR: i64 = 124;
 
 pub fn uverbs_numbers(index: i64) -> (i64, i64) {
     if index < UVERBS_FIXED {

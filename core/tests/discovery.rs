@@ -49,7 +49,7 @@ fn finds_pfs_vfs_and_pci_bound_rdma_devices() {
     let cm = node.rdma_cm.unwrap();
     assert_eq!(
         (cm.major, cm.minor, cm.dev_path().as_str()),
-        (10, 58, "/dev/infiniband/rdma_cm")
+        (10, 124, "/dev/infiniband/rdma_cm")
     );
     // Every VF's uverbs device is distinct.
     let mut minors: Vec<(i64, i64)> = node
@@ -75,6 +75,17 @@ fn finds_netdev_bound_soft_roce_devices() {
         .collect();
     assert_eq!(names, ["rxe0", "rxe1", "rxe2"]);
     assert_eq!(node.pfs[0].vfs[2].netdev.as_deref(), Some("ens1f0v2"));
+}
+
+#[test]
+fn soft_devices_without_parent_are_found_through_their_gid_table() {
+    let dir = sim(1, 2, Binding::Netdev);
+    for ib in ["rxe0", "rxe1"] {
+        fs::remove_file(dir.path().join("sys/class/infiniband").join(ib).join("parent")).unwrap();
+    }
+    let node = discover(dir.path()).unwrap();
+    let names: Vec<_> = node.pfs[0].vfs.iter().map(|v| v.rdma.as_ref().map(|r| r.name.clone())).collect();
+    assert_eq!(names, [Some("rxe0".to_string()), Some("rxe1".to_string())]);
 }
 
 #[test]

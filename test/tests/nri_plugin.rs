@@ -185,7 +185,7 @@ async fn requesting_pod_gets_its_vf_devices_env_and_allocation() {
         .expect("rdma_cm in spec");
     assert_eq!(
         (cm["major"].as_i64(), cm["minor"].as_i64()),
-        (Some(10), Some(58))
+        (Some(10), Some(124))
     );
     // containerd turns each device into a device-cgroup allow rule.
     let rules = spec["linux"]["resources"]["devices"].as_array().unwrap();
