@@ -45,6 +45,81 @@ pub struct NodeConfig {
     /// Where node reports go (the placement webhook); none are sent without it.
     #[serde(default)]
     pub placement: Option<PlacementConfig>,
+    /// The work-conserving bandwidth controller (off unless enabled).
+    #[serde(default)]
+    pub conserve: ConserveConfig,
+}
+
+/// `[conserve]`: the work-conserving bandwidth controller, which lends idle guaranteed bandwidth
+/// by steering the max rates of allocated VFs (docs/conserve.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConserveConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Milliseconds between decisions (counters are sampled four times as often).
+    #[serde(default = "default_conserve_interval")]
+    pub interval_ms: u64,
+    /// The max rates on a PF add up to at most line rate x headroom, in (0, 1] and at least the
+    /// admission ratio (so every admitted guarantee fits).
+    #[serde(default = "one")]
+    pub headroom: f64,
+    /// Pools it steers; absent: every pool.
+    #[serde(default)]
+    pub pools: Option<Vec<String>>,
+    /// `netlink` or `simulated`; absent: the `[enforce]` limiter.
+    #[serde(default)]
+    pub limiter: Option<String>,
+    /// Intervals a VF must want less than its guarantee before the rest of it is lent.
+    #[serde(default = "default_lend_after")]
+    pub lend_after: u32,
+    /// The smallest max rate set on an idle VF, Mbps.
+    #[serde(default = "default_floor_mbps")]
+    pub floor_mbps: u64,
+}
+
+impl Default for ConserveConfig {
+    fn default() -> Self {
+        ConserveConfig {
+            enabled: false,
+            interval_ms: default_conserve_interval(),
+            headroom: 1.0,
+            pools: None,
+            limiter: None,
+            lend_after: default_lend_after(),
+            floor_mbps: default_floor_mbps(),
+        }
+    }
+}
+
+fn default_conserve_interval() -> u64 {
+    1000
+}
+fn default_lend_after() -> u32 {
+    crate::conserve::Tuning::default().lend_after
+}
+fn default_floor_mbps() -> u64 {
+    crate::conserve::Tuning::default().floor_mbps
+}
+
+impl ConserveConfig {
+    /// Whether the controller steers the VFs of this pool.
+    pub fn controls(&self, pool: &str) -> bool {
+        self.enabled
+            && self
+                .pools
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| p == pool))
+    }
+
+    pub fn tuning(&self) -> crate::conserve::Tuning {
+        crate::conserve::Tuning {
+            headroom: self.headroom,
+            lend_after: self.lend_after,
+            floor_mbps: self.floor_mbps,
+            ..Default::default()
+        }
+    }
 }
 
 /// `[placement]`: the webhook that receives this node's reports.
@@ -137,6 +212,7 @@ impl Default for NodeConfig {
             state_dir: None,
             enforce: EnforceConfig::default(),
             placement: None,
+            conserve: ConserveConfig::default(),
         }
     }
 }
@@ -191,6 +267,38 @@ impl NodeConfig {
             }
             if p.interval_seconds == 0 {
                 return Err(bad("placement.interval_seconds must be at least 1".into()));
+            }
+        }
+        let c = &cfg.conserve;
+        if !(c.headroom > 0.0 && c.headroom <= 1.0) || c.headroom < cfg.admission_ratio {
+            return Err(bad(format!(
+                "conserve.headroom = {} is out of range: use a number in (0, 1] no smaller than admission_ratio = {}",
+                c.headroom, cfg.admission_ratio
+            )));
+        }
+        if !(100..=3_600_000).contains(&c.interval_ms) {
+            return Err(bad(format!(
+                "conserve.interval_ms = {} is out of range: use 100 to 3600000",
+                c.interval_ms
+            )));
+        }
+        if c.floor_mbps == 0 {
+            return Err(bad(
+                "conserve.floor_mbps must be at least 1 (0 would mean no limit)".into(),
+            ));
+        }
+        if let Some(l) = &c.limiter {
+            if !["netlink", "simulated"].contains(&l.as_str()) {
+                return Err(bad(format!(
+                    "conserve.limiter = {l:?} is not one of \"netlink\", \"simulated\""
+                )));
+            }
+        }
+        for p in c.pools.iter().flatten() {
+            if p != DEFAULT_POOL && !seen_pool.contains(p.as_str()) {
+                return Err(bad(format!(
+                    "conserve.pools names {p:?}, which is neither a [[pool]] nor {DEFAULT_POOL:?}"
+                )));
             }
         }
         for (pf, speed) in &cfg.pf_speed {
@@ -258,6 +366,22 @@ mod tests {
     }
 
     #[test]
+    fn conserve_is_off_by_default_and_switchable_per_pool() {
+        let c = NodeConfig::default().conserve;
+        assert!(!c.controls(DEFAULT_POOL));
+        let cfg = NodeConfig::from_toml(
+            "admission_ratio = 0.9\n[[pool]]\nname = \"fabric-a\"\npfs = [\"ens1f0\"]\n[conserve]\nenabled = true\npools = [\"fabric-a\"]\ninterval_ms = 250\nheadroom = 0.95\nlimiter = \"simulated\"\n",
+            "t",
+        )
+        .unwrap();
+        let c = &cfg.conserve;
+        assert!(c.controls("fabric-a") && !c.controls(DEFAULT_POOL));
+        assert_eq!((c.interval_ms, c.tuning().headroom), (250, 0.95));
+        let all = NodeConfig::from_toml("[conserve]\nenabled = true", "t").unwrap();
+        assert!(all.conserve.controls(DEFAULT_POOL) && all.conserve.controls("x"));
+    }
+
+    #[test]
     fn refusals_are_one_line_and_name_the_problem() {
         for (text, needle) in [
             ("admission_ratio = 1.5", "admission_ratio"),
@@ -269,6 +393,19 @@ mod tests {
             ),
             ("[pf_speed]\nx = \"fast\"", "pf_speed.x"),
             ("[rdma_cgroup]\nhca_objects = 0", "hca_objects"),
+            ("[conserve]\nheadroom = 1.2", "conserve.headroom"),
+            (
+                "admission_ratio = 0.9\n[conserve]\nheadroom = 0.8",
+                "no smaller than admission_ratio",
+            ),
+            ("[conserve]\ninterval_ms = 5", "conserve.interval_ms"),
+            ("[conserve]\nfloor_mbps = 0", "conserve.floor_mbps"),
+            ("[conserve]\nlimiter = \"tc\"", "conserve.limiter"),
+            (
+                "[conserve]\npools = [\"gold\"]",
+                "conserve.pools names \"gold\"",
+            ),
+            ("[conserve]\nenable = true", "enable"),
         ] {
             let e = NodeConfig::from_toml(text, "node.toml")
                 .expect_err(text)

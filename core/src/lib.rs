@@ -5,6 +5,7 @@
 
 pub mod allocation;
 pub mod config;
+pub mod conserve;
 pub mod discovery;
 pub mod error;
 pub mod inventory;

@@ -81,10 +81,20 @@ fn finds_netdev_bound_soft_roce_devices() {
 fn soft_devices_without_parent_are_found_through_their_gid_table() {
     let dir = sim(1, 2, Binding::Netdev);
     for ib in ["rxe0", "rxe1"] {
-        fs::remove_file(dir.path().join("sys/class/infiniband").join(ib).join("parent")).unwrap();
+        fs::remove_file(
+            dir.path()
+                .join("sys/class/infiniband")
+                .join(ib)
+                .join("parent"),
+        )
+        .unwrap();
     }
     let node = discover(dir.path()).unwrap();
-    let names: Vec<_> = node.pfs[0].vfs.iter().map(|v| v.rdma.as_ref().map(|r| r.name.clone())).collect();
+    let names: Vec<_> = node.pfs[0]
+        .vfs
+        .iter()
+        .map(|v| v.rdma.as_ref().map(|r| r.name.clone()))
+        .collect();
     assert_eq!(names, [Some("rxe0".to_string()), Some("rxe1".to_string())]);
 }
 

@@ -4,6 +4,7 @@
 
 pub mod adjust;
 pub mod cgroup;
+pub mod conserve;
 pub mod error;
 pub mod node;
 pub mod plugin;

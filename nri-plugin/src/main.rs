@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use conrdma_core::NodeConfig;
 use conrdma_nri::{PluginId, DEFAULT_SOCKET_PATH, SOCKET_ENV};
+use conrdma_nri_plugin::conserve;
 use conrdma_nri_plugin::plugin::{spawn_background, Overrides};
 use conrdma_nri_plugin::{NodeState, Plugin, PluginError};
 use tracing::{error, info};
@@ -39,6 +40,9 @@ struct Args {
     /// Log file; pre-launched plugins have no stderr, so they default to /var/log/conrdma-nri-plugin.log.
     #[arg(long)]
     log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics of the work-conserving controller at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,12 +101,16 @@ async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::default(),
     };
-    let node = Arc::new(NodeState::open(
-        &overrides.root(&cfg),
-        &overrides.state_dir(&cfg),
-        cfg,
-    )?);
-    spawn_background(node.clone());
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(conserve::bind_metrics(addr).await?),
+        None => None,
+    };
+    let root = overrides.root(&cfg);
+    let node = Arc::new(NodeState::open(&root, &overrides.state_dir(&cfg), cfg)?);
+    let telemetry = spawn_background(node.clone(), root)?;
+    if let Some(listener) = metrics {
+        conserve::serve_metrics(listener, telemetry);
+    }
     let id = PluginId::new(args.name, args.idx)?;
     conrdma_nri::run_external(
         &args.socket,

@@ -119,7 +119,7 @@ impl Plugin {
             None => {
                 let (root, state) = (self.overrides.root(&cfg), self.overrides.state_dir(&cfg));
                 let node = Arc::new(NodeState::open(&root, &state, cfg)?);
-                spawn_background(node.clone());
+                spawn_background(node.clone(), root)?;
                 *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
                 Ok(())
             }
@@ -127,10 +127,15 @@ impl Plugin {
     }
 }
 
-/// Starts the node's background work: sysfs rescans and node reports.
-pub fn spawn_background(node: Arc<NodeState>) {
+/// Starts the node's background work: sysfs rescans, node reports and the work-conserving
+/// controller (which reads VFs under `root`; idle unless `[conserve]` enables it).
+pub fn spawn_background(
+    node: Arc<NodeState>,
+    root: PathBuf,
+) -> Result<Arc<crate::conserve::Telemetry>, PluginError> {
     crate::report::spawn_node_reporter(node.clone());
-    spawn_refresher(node);
+    spawn_refresher(node.clone());
+    crate::conserve::spawn(node, root)
 }
 
 /// Rescans sysfs periodically; discovery never runs on the CreateContainer path.

@@ -1,0 +1,380 @@
+//! The work-conserving controller in the NRI plugin, on a real containerd 1.7 with runc, pods run
+//! by the ConRDMA shim (which sets each VF's rate at start and resets it at the end), over a
+//! simulated SR-IOV NIC. The test plays the NIC's data path: a thread moves each VF's transmit
+//! counter at `min(demand, max_tx_rate)`, rewriting the stats file atomically, so the controller
+//! sees real counter deltas and the test steers demand.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
+use conrdma_core::AllocationRecord;
+use conrdma_e2e::{
+    simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec, RuntimeHandler,
+};
+
+const HANDLER: &str = "conrdma";
+const SHIM: &str = "containerd-shim-conrdma-v1";
+const WAIT: Duration = Duration::from_secs(30);
+const BW: &str = "rdma.conrdma.io/bandwidth";
+const LIMIT: &str = "rdma.conrdma.io/bandwidth-limit";
+const PF: &str = "ens1f0";
+const LINE: u64 = 100_000;
+const VFS: u32 = 4;
+const INTERVAL_MS: u64 = 1000;
+
+/// The simulated NIC's data path: every 5 ms each VF sends `min(demand, max_tx_rate)` (the line
+/// when no max is set) and its `tx_bytes` grows by that much.
+struct Wire {
+    demand: Arc<Vec<AtomicU64>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Wire {
+    fn start(nic: &Path) -> Wire {
+        let demand: Arc<Vec<AtomicU64>> = Arc::new((0..VFS).map(|_| AtomicU64::new(0)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, s) = (demand.clone(), stop.clone());
+        let limiter = SimulatedLimiter::new(nic);
+        let thread = std::thread::spawn(move || {
+            let mut bytes = [0f64; VFS as usize];
+            let mut caps = [LINE; VFS as usize];
+            let mut last = Instant::now();
+            while !s.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+                let now = Instant::now();
+                let dt = now.duration_since(last).as_secs_f64();
+                last = now;
+                for vf in 0..VFS {
+                    let want = d[vf as usize].load(Ordering::SeqCst);
+                    // The simulated limiter writes its files in place: a read can catch one
+                    // empty, and then the last cap read holds.
+                    if let Ok(r) = limiter.get(PF, vf) {
+                        caps[vf as usize] = if r.max_mbps == 0 { LINE } else { r.max_mbps };
+                    }
+                    let cap = caps[vf as usize];
+                    bytes[vf as usize] += want.min(cap) as f64 * 1e6 / 8.0 * dt;
+                    let dir = limiter.vf_dir(PF, vf);
+                    let tmp = dir.join("stats.tmp");
+                    let text = format!("tx_bytes: {}\nrx_bytes: 0\n", bytes[vf as usize] as u64);
+                    if std::fs::write(&tmp, text).is_ok() {
+                        let _ = std::fs::rename(&tmp, dir.join("stats"));
+                    }
+                }
+            }
+        });
+        Wire {
+            demand,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set(&self, vf: u32, mbps: u64) {
+        self.demand[vf as usize].store(mbps, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Node {
+    cd: Containerd,
+    plugin: Option<ChildGuard>,
+    sim: tempfile::TempDir,
+}
+
+impl Node {
+    /// containerd with the `conrdma` handler on a 1-PF, 4-VF, 100G simulated NIC, and the plugin
+    /// with `config` and metrics on an ephemeral port.
+    async fn start(config: &str) -> Node {
+        let sim = tempfile::tempdir().unwrap();
+        let nic = sim.path().join("nic");
+        simulate_nic(&nic, 1, VFS, "100G").unwrap();
+        std::fs::write(sim.path().join("node.toml"), config).unwrap();
+        let mut h = RuntimeHandler::new(HANDLER, "io.containerd.conrdma.v1");
+        h.pod_annotations = vec!["rdma.conrdma.io/*".into()];
+        h.options.insert("limiter".into(), "simulated".into());
+        h.options.insert(
+            "sysfs_root".into(),
+            nic.to_string_lossy().into_owned().into(),
+        );
+        h.options.insert(
+            "Root".into(),
+            sim.path()
+                .join("runc")
+                .to_string_lossy()
+                .into_owned()
+                .into(),
+        );
+        let shim_dir = workspace_bin(SHIM).unwrap().parent().unwrap().to_path_buf();
+        let opts = ContainerdOptions {
+            runtimes: vec![h],
+            extra_path: vec![shim_dir],
+            ..Default::default()
+        };
+        let mut cd = Containerd::start(opts).await.unwrap();
+        let p = sim.path();
+        let plugin = cd
+            .start_nri_plugin([
+                "--root".as_ref(),
+                nic.as_os_str(),
+                "--state-dir".as_ref(),
+                p.join("state").as_os_str(),
+                "--config".as_ref(),
+                p.join("node.toml").as_os_str(),
+                "--metrics-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+            ])
+            .await
+            .unwrap();
+        Node {
+            cd,
+            plugin: Some(plugin),
+            sim,
+        }
+    }
+
+    fn nic(&self) -> PathBuf {
+        self.sim.path().join("nic")
+    }
+
+    /// The VF's rates (retried: the simulated limiter writes its files in place, so a read can
+    /// catch one half-written).
+    fn rate(&self, vf: u32) -> VfRate {
+        let l = SimulatedLimiter::new(self.nic());
+        for _ in 0..100 {
+            if let Ok(r) = l.get(PF, vf) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        l.get(PF, vf).unwrap()
+    }
+
+    fn plugin_log(&self) -> String {
+        self.plugin.as_ref().map(|p| p.log()).unwrap_or_default()
+    }
+
+    async fn pod(&self, name: &str, annotations: &[(&str, &str)]) -> (String, AllocationRecord) {
+        let cri = self.cd.cri();
+        let mut spec =
+            PodSpec::new(name, "default", &format!("uid-{name}")).runtime_handler(HANDLER);
+        for (k, v) in annotations {
+            spec = spec.annotation(k, v);
+        }
+        let pod = cri.run_pod_spec(&spec).await.unwrap();
+        let ctr = cri
+            .run_container(&pod, "main", "", &["sleep", "3600"], &[])
+            .await
+            .unwrap();
+        let v = cri.container_status_verbose(&ctr).await.unwrap();
+        let rec = AllocationRecord::from_json(
+            v["runtimeSpec"]["annotations"]["rdma.conrdma.io/allocation"]
+                .as_str()
+                .expect("allocation annotation"),
+        )
+        .unwrap();
+        (pod, rec)
+    }
+
+    /// The address the plugin serves metrics on, from its log.
+    fn metrics_addr(&self) -> String {
+        let log = self.plugin_log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving metrics"))
+            .unwrap_or_else(|| panic!("no metrics line in the plugin log:\n{log}"));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+            .to_string()
+    }
+}
+
+/// GET http://addr/path with a plain socket.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `name{labels} value` lines of a Prometheus exposition whose labels contain `needle`.
+fn metric(text: &str, name: &str, needle: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(needle))
+        .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+}
+
+async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_guarantee_is_lent_and_taken_back_within_one_interval() {
+    let n = Node::start(&format!(
+        "[conserve]\nenabled = true\ninterval_ms = {INTERVAL_MS}\nlimiter = \"simulated\"\n"
+    ))
+    .await;
+    let wire = Wire::start(&n.nic());
+    let ann = [(BW, "50Gbps"), (LIMIT, "100Gbps")];
+
+    // A sends as fast as it may from the start; B is started next to it and idles.
+    let (pod_a, a) = n.pod("busy", &ann).await;
+    wire.set(a.vf, LINE);
+    let (pod_b, b) = n.pod("idle", &ann).await;
+    assert_ne!(a.vf, b.vf);
+    assert_eq!((a.guaranteed_mbps, a.limit_mbps), (50_000, 100_000));
+
+    // B's idle guarantee is lent to A: A's max rises above its guarantee, B keeps a floor, and
+    // the PF's sum stays within the line.
+    let (ra, rb) = until("A's max to rise above its guarantee", WAIT, || {
+        let (ra, rb) = (n.rate(a.vf), n.rate(b.vf));
+        (ra.max_mbps > 90_000 && rb.max_mbps < 1_000).then_some((ra, rb))
+    })
+    .await;
+    assert!(ra.max_mbps + rb.max_mbps <= LINE, "{ra} + {rb}");
+    assert!(rb.max_mbps >= 1, "B still has a ceiling, not none");
+    assert!(rb.min_mbps <= rb.max_mbps, "{rb}");
+    let log = n.plugin_log();
+    assert!(
+        log.contains("steers this VF") && log.contains(&pod_a),
+        "plugin log lacks the controller's lines with pod ids:\n{log}"
+    );
+
+    // What it did is in the metrics.
+    let addr = n.metrics_addr();
+    let text = http_get(&addr, "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let pod_a_label = format!("pod_id=\"{pod_a}\"");
+    let pod_b_label = format!("pod_id=\"{pod_b}\"");
+    assert!(metric(&text, "conrdma_conserve_vf_max_mbps", &pod_a_label).unwrap() > 90_000.0);
+    assert_eq!(
+        metric(&text, "conrdma_conserve_vf_guarantee_mbps", &pod_a_label),
+        Some(50_000.0)
+    );
+    assert!(metric(&text, "conrdma_conserve_vf_borrowed_mbps", &pod_a_label).unwrap() > 40_000.0);
+    assert!(metric(&text, "conrdma_conserve_vf_lent_mbps", &pod_b_label).unwrap() > 49_000.0);
+    let measured = metric(&text, "conrdma_conserve_vf_measured_mbps", &pod_a_label).unwrap();
+    assert!(measured >= 45_000.0, "A measured {measured}:\n{text}");
+    assert!(
+        metric(&text, "conrdma_conserve_pf_max_sum_mbps", "pf=\"ens1f0\"").unwrap() <= 100_000.0
+    );
+
+    // B gets busy: within one interval A is back at its guarantee and B has its own.
+    let t0 = Instant::now();
+    wire.set(b.vf, LINE);
+    let took = until("A's max to fall back to its guarantee", WAIT, || {
+        (n.rate(a.vf).max_mbps <= 50_000).then(|| t0.elapsed())
+    })
+    .await;
+    let (ra, rb) = (n.rate(a.vf), n.rate(b.vf));
+    println!("loan taken back in {took:?}: A {ra}, B {rb}");
+    assert!(
+        took <= Duration::from_millis(INTERVAL_MS),
+        "took {took:?}, more than one interval"
+    );
+    let rb = until(
+        "B's max to reach its guarantee",
+        Duration::from_millis(500),
+        || {
+            let rb = n.rate(b.vf);
+            (rb.max_mbps >= 50_000).then_some(rb)
+        },
+    )
+    .await;
+    assert_eq!((ra.max_mbps, rb.max_mbps), (50_000, 50_000));
+    assert_eq!(rb.min_mbps, 50_000);
+    // Both busy: nothing changes over the next intervals.
+    tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
+    assert_eq!(
+        (n.rate(a.vf).max_mbps, n.rate(b.vf).max_mbps),
+        (50_000, 50_000)
+    );
+
+    // B goes: the shim resets its VF and the controller leaves it alone; A may take the line.
+    let cri = n.cd.cri();
+    cri.stop_and_remove_pod(&pod_b).await.unwrap();
+    wire.set(b.vf, 0);
+    until("B's VF to be reset", WAIT, || {
+        (n.rate(b.vf) == VfRate::NONE).then_some(())
+    })
+    .await;
+    until("A to get B's share", WAIT, || {
+        (n.rate(a.vf).max_mbps == LINE).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
+    assert_eq!(
+        n.rate(b.vf),
+        VfRate::NONE,
+        "the controller let go of B's VF"
+    );
+    let text = http_get(&addr, "/metrics");
+    assert!(!text.contains(&pod_b_label), "B's rows are gone:\n{text}");
+
+    cri.stop_and_remove_pod(&pod_a).await.unwrap();
+    drop(wire);
+    n.cd.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_left_off_are_not_touched() {
+    // The controller is on, but only for a pool this PF is not in.
+    let n = Node::start(
+        "[[pool]]\nname = \"gold\"\npfs = [\"ens9f0\"]\n[conserve]\nenabled = true\ninterval_ms = 200\nlimiter = \"simulated\"\npools = [\"gold\"]\n",
+    )
+    .await;
+    let wire = Wire::start(&n.nic());
+    let ann = [(BW, "50Gbps"), (LIMIT, "100Gbps")];
+    let (pod_a, a) = n.pod("busy", &ann).await;
+    wire.set(a.vf, LINE);
+    let (pod_b, b) = n.pod("idle", &ann).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        n.rate(a.vf),
+        VfRate::new(50_000, 100_000),
+        "the shim's rate"
+    );
+    assert_eq!(n.rate(b.vf), VfRate::new(50_000, 100_000));
+    let text = http_get(&n.metrics_addr(), "/metrics");
+    assert!(!text.contains("conrdma_conserve_vf_max_mbps{"), "{text}");
+    let others: HashMap<u32, VfRate> = (0..VFS)
+        .filter(|v| *v != a.vf && *v != b.vf)
+        .map(|v| (v, n.rate(v)))
+        .collect();
+    assert!(others.values().all(|r| *r == VfRate::NONE), "{others:?}");
+    let cri = n.cd.cri();
+    cri.stop_and_remove_pod(&pod_a).await.unwrap();
+    cri.stop_and_remove_pod(&pod_b).await.unwrap();
+    drop(wire);
+    n.cd.shutdown().await.unwrap();
+}
