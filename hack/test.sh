@@ -14,4 +14,9 @@ bash hack/install-deps.sh
 cargo build --locked --workspace --bins
 cargo test --locked --workspace
 # The real-kernel tier: a VM with an SR-IOV NIC (QEMU igb), Soft-RoCE and the rdma cgroup.
-bash hack/vm-node.sh 'bash test/vm/run.sh'
+results=${CONRDMA_VM_RESULTS:-target/conrdma-vm/results}
+rc=0
+bash hack/vm-node.sh 'bash test/vm/run.sh' || rc=$?
+# End with the VM tier's tally so it is the last word of the run.
+grep -h '^vm-tier: ' "$results/guest.log" 2>/dev/null | tail -1 || true
+exit "$rc"
