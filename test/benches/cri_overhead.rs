@@ -5,19 +5,30 @@
 //! the timed region.
 //!
 //! Run (as root, after `cargo build --workspace --bins`):
-//!   cargo bench -p conrdma-e2e --bench cri_overhead [-- SAMPLES]
+//!   cargo bench -p conrdma-e2e --bench cri_overhead [-- SAMPLES] [plain|unlisted]
+//! `plain` runs pods without ConRDMA annotations (the cost of having the plugin connected at all);
+//! `unlisted` admits the pod but lists another container in `rdma.conrdma.io/containers`, so the
+//! measured container gets no devices (the cost of admission alone, without the adjustment).
 
 use std::time::{Duration, Instant};
 
 use conrdma_e2e::{simulate_nic, Containerd, ContainerdOptions, Cri};
 
+fn mode() -> &'static str {
+    match std::env::args().skip(1).find(|a| a == "plain" || a == "unlisted").as_deref() {
+        Some("plain") => "plain",
+        Some("unlisted") => "unlisted",
+        _ => "requesting",
+    }
+}
+
 /// Total and per-phase (create, start, stop, remove) durations of one sample.
 async fn sample(cri: &Cri, image: &str, i: usize, tag: &str) -> (Duration, [Duration; 4]) {
     let name = format!("bench-{tag}-{i}");
-    let ann: Vec<(&str, &str)> = if std::env::var_os("BENCH_PLAIN").is_some() {
-        vec![]
-    } else {
-        vec![("rdma.conrdma.io/bandwidth", "1Gbps")]
+    let ann: Vec<(&str, &str)> = match mode() {
+        "plain" => vec![],
+        "unlisted" => vec![("rdma.conrdma.io/bandwidth", "1Gbps"), ("rdma.conrdma.io/containers", "other")],
+        _ => vec![("rdma.conrdma.io/bandwidth", "1Gbps")],
     };
     let pod = cri
         .run_pod(&name, "bench", &format!("uid-{name}"), &ann)
@@ -108,7 +119,7 @@ async fn main() {
     }
     let (am, amean, a90) = stats(&mut a);
     let (bm, bmean, b90) = stats(&mut b);
-    println!("CRI create+start+stop+remove, requesting pod, {samples} samples each (interleaved)");
+    println!("CRI create+start+stop+remove, {} pod, {samples} samples each (interleaved)", mode());
     println!("with ConRDMA NRI plugin    p50={am:7.1}ms mean={amean:7.1}ms p90={a90:7.1}ms");
     println!("without plugin (NRI on)    p50={bm:7.1}ms mean={bmean:7.1}ms p90={b90:7.1}ms");
     println!(
