@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 use conrdma_e2e::{simulate_nic, Containerd, ContainerdOptions, Cri};
 
 fn mode() -> &'static str {
-    match std::env::args().skip(1).find(|a| a == "plain" || a == "unlisted").as_deref() {
+    match std::env::args()
+        .skip(1)
+        .find(|a| a == "plain" || a == "unlisted")
+        .as_deref()
+    {
         Some("plain") => "plain",
         Some("unlisted") => "unlisted",
         _ => "requesting",
@@ -27,7 +31,10 @@ async fn sample(cri: &Cri, image: &str, i: usize, tag: &str) -> (Duration, [Dura
     let name = format!("bench-{tag}-{i}");
     let ann: Vec<(&str, &str)> = match mode() {
         "plain" => vec![],
-        "unlisted" => vec![("rdma.conrdma.io/bandwidth", "1Gbps"), ("rdma.conrdma.io/containers", "other")],
+        "unlisted" => vec![
+            ("rdma.conrdma.io/bandwidth", "1Gbps"),
+            ("rdma.conrdma.io/containers", "other"),
+        ],
         _ => vec![("rdma.conrdma.io/bandwidth", "1Gbps")],
     };
     let pod = cri
@@ -119,7 +126,10 @@ async fn main() {
     }
     let (am, amean, a90) = stats(&mut a);
     let (bm, bmean, b90) = stats(&mut b);
-    println!("CRI create+start+stop+remove, {} pod, {samples} samples each (interleaved)", mode());
+    println!(
+        "CRI create+start+stop+remove, {} pod, {samples} samples each (interleaved)",
+        mode()
+    );
     println!("with ConRDMA NRI plugin    p50={am:7.1}ms mean={amean:7.1}ms p90={a90:7.1}ms");
     println!("without plugin (NRI on)    p50={bm:7.1}ms mean={bmean:7.1}ms p90={b90:7.1}ms");
     println!(

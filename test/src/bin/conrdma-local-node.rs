@@ -1,12 +1,12 @@
 //! The main job: a local ConRDMA node on a simulated SR-IOV NIC. Builds the NIC, starts an isolated
-//! containerd 1.7 with NRI and the ConRDMA NRI plugin, runs a demo pod that asks for bandwidth and
-//! shows what it got, from the spec and from inside the container. `--hold` keeps the node up for
+//! containerd 1.7 with NRI, the ConRDMA NRI plugin and the `conrdma` runtime handler (the shim), runs
+//! a demo pod that asks for bandwidth and shows what it got: spec, inside view and the VF's rate. `--hold` keeps the node up for
 //! crictl until Ctrl-C.
 
 use std::process::Command;
 use std::time::Duration;
 
-use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions};
+use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions, PodSpec, RuntimeHandler};
 
 const USAGE: &str = "usage: conrdma-local-node [--hold] [--pfs N] [--vfs N] [--speed RATE] [--bandwidth RATE] [--limit RATE]";
 
@@ -88,10 +88,26 @@ async fn run() -> Result<(), String> {
     std::fs::write(&config, "admission_ratio = 1.0\n\n[[pool]]\nname = \"fabric-a\"\npfs = [\"ens1f0\", \"ens1f1\"]\n\n[rdma_cgroup]\nhca_handles = 16\nhca_objects = 4096\n")
         .map_err(|e| e.to_string())?;
 
-    step("containerd 1.7 with NRI (isolated: its own root, state and sockets)");
-    let mut cd = Containerd::start(ContainerdOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    step("containerd 1.7 with NRI and the `conrdma` runtime handler (isolated: its own root, state and sockets)");
+    // The ConRDMA shim holds the pod's VF to its rate; on the simulated NIC its limiter writes the
+    // VF's rate knobs under the NIC tree.
+    let mut handler = RuntimeHandler::new("conrdma", "io.containerd.conrdma.v1");
+    handler.pod_annotations = vec!["rdma.conrdma.io/*".into()];
+    handler.options.insert("limiter".into(), "simulated".into());
+    handler.options.insert(
+        "sysfs_root".into(),
+        nic.to_string_lossy().into_owned().into(),
+    );
+    let shim = workspace_bin("containerd-shim-conrdma-v1").map_err(|e| e.to_string())?;
+    let opts = ContainerdOptions {
+        runtimes: vec![handler],
+        extra_path: shim
+            .parent()
+            .map(|d| vec![d.to_path_buf()])
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut cd = Containerd::start(opts).await.map_err(|e| e.to_string())?;
     let state = work.path().join("state");
     let plugin = cd
         .start_nri_plugin([
@@ -119,7 +135,10 @@ async fn run() -> Result<(), String> {
         o.bandwidth, o.limit
     ));
     let pod = cri
-        .run_pod("rdma-demo", "default", "demo-uid", &ann)
+        .run_pod_spec(&ann.iter().fold(
+            PodSpec::new("rdma-demo", "default", "demo-uid").runtime_handler("conrdma"),
+            |spec, (k, v)| spec.annotation(k, v),
+        ))
         .await
         .map_err(|s| s.message().to_string())?;
     let ctr = match cri
@@ -145,6 +164,17 @@ async fn run() -> Result<(), String> {
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or(alloc.to_string());
     println!("{pretty}");
+    let record: Option<serde_json::Value> = serde_json::from_str(alloc).ok();
+    let vf_knobs = record
+        .as_ref()
+        .and_then(|r| Some((r["pf"].as_str()?.to_string(), r["vf"].as_u64()?)));
+    if let Some((pf, vf)) = &vf_knobs {
+        step("the ConRDMA shim holds the VF to it (simulated NIC's per-VF rate knobs):");
+        println!(
+            "VF {pf} vf {vf} while the pod runs: {}",
+            vf_rate(&nic, pf, *vf)
+        );
+    }
     step("inside the container: ls -l /dev/infiniband; env | grep CONRDMA_");
     let (_, out, _) = cri
         .exec_sync(
@@ -196,9 +226,27 @@ async fn run() -> Result<(), String> {
     cri.stop_and_remove_pod(&pod)
         .await
         .map_err(|s| s.message().to_string())?;
+    if let Some((pf, vf)) = &vf_knobs {
+        println!("VF {pf} vf {vf} after removal: {}", vf_rate(&nic, pf, *vf));
+    }
     drop(plugin);
     cd.shutdown().await.map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The VF's rates as the simulated NIC keeps them (where mlx5 exposes them in sysfs).
+fn vf_rate(nic: &std::path::Path, pf: &str, vf: u64) -> String {
+    let dir = nic.join(format!("sys/class/net/{pf}/device/sriov/{vf}"));
+    let read = |k: &str| {
+        std::fs::read_to_string(dir.join(k))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    format!(
+        "min_tx_rate={} Mbps, max_tx_rate={} Mbps (0 = none)",
+        read("min_tx_rate"),
+        read("max_tx_rate")
+    )
 }
 
 fn step(msg: &str) {
