@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: a local ConRDMA node on a simulated SR-IOV NIC (2 PFs x 8 VFs at 100Gbps), an
 # isolated containerd 1.7 with NRI, the ConRDMA NRI plugin and runtime shim, and a demo pod that asks
-# for bandwidth; prints what the pod got (devices, env, allocation, the VF's rate). Extra arguments go to conrdma-local-node (e.g. --hold to keep the node
-# up for crictl, --bandwidth 10Gbps).
+# for bandwidth; prints what the pod got (devices, env, allocation, the VF's rate). Extra arguments
+# go to conrdma-local-node (e.g. --hold to keep the node up for crictl, --bandwidth 10Gbps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

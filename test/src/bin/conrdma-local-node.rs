@@ -1,7 +1,7 @@
 //! The main job: a local ConRDMA node on a simulated SR-IOV NIC. Builds the NIC, starts an isolated
 //! containerd 1.7 with NRI, the ConRDMA NRI plugin and the `conrdma` runtime handler (the shim), runs
-//! a demo pod that asks for bandwidth and shows what it got: spec, inside view and the VF's rate. `--hold` keeps the node up for
-//! crictl until Ctrl-C.
+//! a demo pod that asks for bandwidth and shows what it got: spec, inside view and the VF's rate.
+//! `--hold` keeps the node up for crictl until Ctrl-C.
 
 use std::process::Command;
 use std::time::Duration;
