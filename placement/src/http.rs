@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Tokens};
 use crate::error::{PlacementError, Result};
-use crate::extender::ExtenderArgs;
+use crate::extender::{host_priorities_json, ExtenderArgs};
 use crate::metrics::Metrics;
 use crate::store::{unix_ms, NodeView, Settings, Store};
 use crate::verbs;
@@ -178,8 +178,18 @@ async fn usage_report(
     Ok(Json(Accepted { accepted: n }))
 }
 
-fn parse_args(body: &[u8]) -> Result<ExtenderArgs> {
+fn parse_args(body: &[u8]) -> Result<ExtenderArgs<'_>> {
     serde_json::from_slice(body).map_err(|e| PlacementError::bad("ExtenderArgs", e))
+}
+
+/// The reply `axum::Json` would make, from JSON encoded by the caller into a buffer sized once
+/// (axum's grows from 128 bytes by doubling).
+fn json_reply(json: serde_json::Result<Vec<u8>>) -> Response {
+    match json {
+        Ok(buf) => ([(header::CONTENT_TYPE, "application/json")], buf).into_response(),
+        // As `axum::Json` answers: cannot happen for these types (every map key is a string).
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 fn pod_kind(args: &ExtenderArgs) -> &'static str {
@@ -207,7 +217,7 @@ async fn filter(State(app): State<Arc<App>>, body: Bytes) -> Result<Response> {
         );
     }
     app.metrics.pods.with_label_values(&["filter", kind]).inc();
-    let resp = Json(out).into_response();
+    let resp = json_reply(out.to_json());
     app.metrics.observe("filter", start);
     Ok(resp)
 }
@@ -221,7 +231,7 @@ async fn prioritize(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
         .pods
         .with_label_values(&["prioritize", kind])
         .inc();
-    let resp = Json(out).into_response();
+    let resp = json_reply(host_priorities_json(&out));
     app.metrics.observe("prioritize", start);
     Ok(resp)
 }

@@ -312,10 +312,14 @@ pub fn simulate(cfg: &SimConfig, mode: Mode) -> Outcome {
                 let ann: HashMap<String, String> =
                     [(KEY_BANDWIDTH.to_string(), format_mbps(ask))].into();
                 let now = at(t);
-                let passed = verbs::filter(store, verbs::args_for(ann.clone(), names.clone()), now)
-                    .ok()
-                    .and_then(|r| r.node_names)
-                    .unwrap_or_default();
+                let passed = verbs::filter(
+                    store,
+                    verbs::args_for(ann.clone(), names.iter().map(String::as_str)),
+                    now,
+                )
+                .ok()
+                .and_then(|r| r.node_names)
+                .unwrap_or_default();
                 if passed.is_empty() {
                     None
                 } else {

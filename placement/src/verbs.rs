@@ -7,7 +7,9 @@ use std::time::Instant;
 use conrdma_core::Request;
 
 use crate::error::{PlacementError, Result};
-use crate::extender::{node_name, ExtenderArgs, ExtenderFilterResult, HostPriority, NodeListOut};
+use crate::extender::{
+    node_name, ExtenderArgs, ExtenderFilterResult, HostPriority, NodeListOut, NodeName,
+};
 use crate::store::{Reasons, Store, Verdict};
 
 /// What the pod asks for: `Ok(None)` for pods without `rdma.conrdma.io/` annotations (passed through
@@ -25,7 +27,7 @@ pub fn pod_request(args: &ExtenderArgs) -> Result<Result<Option<Request>, String
 
 /// The candidate node names, from `NodeNames` (nodeCacheCapable; taken out of `args`) or the
 /// `Nodes` list (left in place).
-fn candidate_names(args: &mut ExtenderArgs) -> Result<Vec<String>> {
+fn candidate_names<'a>(args: &mut ExtenderArgs<'a>) -> Result<Vec<NodeName<'a>>> {
     if let Some(names) = args.node_names.take() {
         return Ok(names);
     }
@@ -53,7 +55,11 @@ fn candidate_names(args: &mut ExtenderArgs) -> Result<Vec<String>> {
 }
 
 /// `POST /filter`: keeps the nodes that can admit the pod's guarantee on one PF with a free VF.
-pub fn filter(store: &Store, mut args: ExtenderArgs, now: Instant) -> Result<ExtenderFilterResult> {
+pub fn filter<'a>(
+    store: &Store,
+    mut args: ExtenderArgs<'a>,
+    now: Instant,
+) -> Result<ExtenderFilterResult<'a>> {
     let req = pod_request(&args)?;
     let by_names = args.node_names.is_some();
     if by_names && args.nodes.is_some() {
@@ -126,11 +132,11 @@ pub fn filter(store: &Store, mut args: ExtenderArgs, now: Instant) -> Result<Ext
 
 /// `POST /prioritize`: scores every candidate from 0 to `max_score` by the configured policy.
 /// Pods that are not ours (or invalid) get 0 everywhere, which changes no ranking.
-pub fn prioritize(
+pub fn prioritize<'a>(
     store: &Store,
-    mut args: ExtenderArgs,
+    mut args: ExtenderArgs<'a>,
     now: Instant,
-) -> Result<Vec<HostPriority>> {
+) -> Result<Vec<HostPriority<'a>>> {
     let req = pod_request(&args)?;
     let names = candidate_names(&mut args)?;
     let req = match req {
@@ -153,7 +159,10 @@ pub fn prioritize(
 }
 
 /// Builds in-memory `ExtenderArgs` for node names and pod annotations (simulator, benchmarks).
-pub fn args_for(annotations: HashMap<String, String>, node_names: Vec<String>) -> ExtenderArgs {
+pub fn args_for<'a, N: Into<NodeName<'a>>>(
+    annotations: HashMap<String, String>,
+    node_names: impl IntoIterator<Item = N>,
+) -> ExtenderArgs<'a> {
     ExtenderArgs {
         pod: Some(crate::extender::Pod {
             metadata: crate::extender::ObjectMeta {
@@ -162,6 +171,6 @@ pub fn args_for(annotations: HashMap<String, String>, node_names: Vec<String>) -
             },
         }),
         nodes: None,
-        node_names: Some(node_names),
+        node_names: Some(node_names.into_iter().map(Into::into).collect()),
     }
 }
