@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use conrdma_e2e::containerd::shim_pids;
 use conrdma_e2e::{
-    simulate_nic, workspace_bin, Containerd, ContainerdOptions, Cri, PodSpec, RuntimeHandler,
+    shim_dir, shim_runtime, simulate_nic, workspace_bin, Containerd, ContainerdOptions, Cri,
+    PodSpec,
 };
 
 const SHIM: &str = "containerd-shim-conrdma-v1";
@@ -100,24 +101,10 @@ async fn main() {
     let nic = sim.path().join("nic");
     simulate_nic(&nic, 2, 16, "100G").unwrap();
     std::fs::write(sim.path().join("node.toml"), "").unwrap();
-    let mut h = RuntimeHandler::new("conrdma", "io.containerd.conrdma.v1");
-    h.pod_annotations = vec!["rdma.conrdma.io/*".into()];
-    h.options.insert("limiter".into(), "simulated".into());
-    h.options.insert(
-        "sysfs_root".into(),
-        nic.to_string_lossy().into_owned().into(),
-    );
-    h.options.insert(
-        "Root".into(),
-        sim.path()
-            .join("runc")
-            .to_string_lossy()
-            .into_owned()
-            .into(),
-    );
+    let h = shim_runtime("conrdma", &nic, &sim.path().join("runc"));
     let opts = ContainerdOptions {
         runtimes: vec![h],
-        extra_path: vec![shim.parent().unwrap().to_path_buf()],
+        extra_path: vec![shim_dir().unwrap()],
         ..Default::default()
     };
     let mut cd = Containerd::start(opts).await.expect("containerd");

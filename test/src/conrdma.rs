@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, RuntimeHandler};
 use crate::deps::workspace_bin;
 use crate::error::{Error, Result};
 use crate::process::ChildGuard;
@@ -40,6 +40,34 @@ pub fn simulate_nic(root: &Path, pfs: u32, vfs: u32, speed: &str) -> Result<()> 
         });
     }
     Ok(())
+}
+
+/// Binary name of the ConRDMA runtime shim.
+pub const SHIM: &str = "containerd-shim-conrdma-v1";
+
+/// The `name` runtime handler running pods under the ConRDMA shim with the simulated limiter on
+/// the NIC at `nic`, and runc's state under `runc_root` (so the harness can clean it up). Put
+/// [`shim_dir`] in `ContainerdOptions::extra_path` so containerd finds the shim.
+pub fn shim_runtime(name: &str, nic: &Path, runc_root: &Path) -> RuntimeHandler {
+    let mut h = RuntimeHandler::new(name, "io.containerd.conrdma.v1");
+    // Fail-closed needs the pod's request on the sandbox spec.
+    h.pod_annotations = vec!["rdma.conrdma.io/*".into()];
+    h.options.insert("limiter".into(), "simulated".into());
+    h.options.insert(
+        "sysfs_root".into(),
+        nic.to_string_lossy().into_owned().into(),
+    );
+    h.options.insert(
+        "Root".into(),
+        runc_root.to_string_lossy().into_owned().into(),
+    );
+    h
+}
+
+/// The directory holding the shim binary.
+pub fn shim_dir() -> Result<std::path::PathBuf> {
+    let bin = workspace_bin(SHIM)?;
+    Ok(bin.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 impl Containerd {

@@ -59,8 +59,9 @@ pub mod cri;
 pub mod deps;
 pub mod error;
 pub mod process;
+pub mod webhook;
 
-pub use conrdma::{simulate_nic, NRI_PLUGIN};
+pub use conrdma::{shim_dir, shim_runtime, simulate_nic, NRI_PLUGIN, SHIM};
 pub use containerd::{Containerd, ContainerdOptions, Paths, RuntimeHandler, K8S_NAMESPACE};
 pub use cri::{ContainerSpec, Cri, PodSpec};
 pub use deps::{workspace_bin, DEFAULT_IMAGE};

@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
 use conrdma_core::AllocationRecord;
 use conrdma_e2e::{
-    simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec, RuntimeHandler,
+    shim_dir, shim_runtime, simulate_nic, ChildGuard, Containerd, ContainerdOptions, PodSpec,
 };
 
 const HANDLER: &str = "conrdma";
-const SHIM: &str = "containerd-shim-conrdma-v1";
 const WAIT: Duration = Duration::from_secs(30);
 const BW: &str = "rdma.conrdma.io/bandwidth";
 const LIMIT: &str = "rdma.conrdma.io/bandwidth-limit";
@@ -106,25 +105,10 @@ impl Node {
         let nic = sim.path().join("nic");
         simulate_nic(&nic, 1, VFS, "100G").unwrap();
         std::fs::write(sim.path().join("node.toml"), config).unwrap();
-        let mut h = RuntimeHandler::new(HANDLER, "io.containerd.conrdma.v1");
-        h.pod_annotations = vec!["rdma.conrdma.io/*".into()];
-        h.options.insert("limiter".into(), "simulated".into());
-        h.options.insert(
-            "sysfs_root".into(),
-            nic.to_string_lossy().into_owned().into(),
-        );
-        h.options.insert(
-            "Root".into(),
-            sim.path()
-                .join("runc")
-                .to_string_lossy()
-                .into_owned()
-                .into(),
-        );
-        let shim_dir = workspace_bin(SHIM).unwrap().parent().unwrap().to_path_buf();
+        let h = shim_runtime(HANDLER, &nic, &sim.path().join("runc"));
         let opts = ContainerdOptions {
             runtimes: vec![h],
-            extra_path: vec![shim_dir],
+            extra_path: vec![shim_dir().unwrap()],
             ..Default::default()
         };
         let mut cd = Containerd::start(opts).await.unwrap();

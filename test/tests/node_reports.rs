@@ -2,76 +2,17 @@
 //! then sees the node's remaining bandwidth: admission on the node and placement in the cluster
 //! agree. Real containerd, real plugin process, real webhook process, loopback only.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use conrdma_e2e::webhook::{call, extender_args, wait_for_guaranteed};
 use conrdma_e2e::{simulate_nic, workspace_bin, Containerd, ContainerdOptions};
-use serde_json::{json, Value};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(15);
 
 const TOKEN: &str = "node-reporter-token";
-
-fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let text = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Bodies may be chunked; the JSON is the part between the first '{' and the last '}'.
-    let json = match (text.find('{'), text.rfind('}')) {
-        (Some(a), Some(b)) => serde_json::from_str(&text[a..=b]).unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    (status, json)
-}
-
-fn guaranteed(addr: &str, node: &str) -> Option<u64> {
-    let (_, nodes) = http(addr, "GET", "/v1/nodes", None);
-    let n = nodes["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["node"] == node)?
-        .clone();
-    let pools = n["pools"]
-        .as_array()
-        .or_else(|| n["report"]["pools"].as_array())?;
-    Some(
-        pools
-            .iter()
-            .map(|p| p["guaranteed_mbps"].as_u64().unwrap_or(0))
-            .sum(),
-    )
-}
-
-async fn wait_for(addr: &str, node: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while guaranteed(addr, node) != Some(want) {
-        assert!(
-            Instant::now() < deadline,
-            "webhook never saw {want} Mbps guaranteed on {node}: {:?}",
-            http(addr, "GET", "/v1/nodes", None).1
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn filter_args(node: &str, bandwidth: &str) -> Value {
-    json!({
-        "Pod": {"metadata": {"name": "next", "namespace": "ml", "uid": "u-next",
-                "annotations": {"rdma.conrdma.io/bandwidth": bandwidth}},
-                "spec": {"containers": [{"name": "c", "image": "x"}]}},
-        "Nodes": null,
-        "NodeNames": [node]
-    })
-}
 
 #[tokio::test]
 async fn plugin_reports_feed_the_scheduler_extender() {
@@ -121,8 +62,13 @@ async fn plugin_reports_feed_the_scheduler_extender() {
         .unwrap();
 
     // The first report (at start) shows an empty node.
-    wait_for(&addr, node, 0).await;
-    let (status, res) = http(&addr, "POST", "/filter", Some(&filter_args(node, "70Gbps")));
+    wait_for_guaranteed(&addr, node, 0, WAIT).await;
+    let (status, res) = call(
+        &addr,
+        "POST",
+        "/filter",
+        Some(&extender_args(node, "70Gbps")),
+    );
     assert_eq!(status, 200);
     assert_eq!(res["NodeNames"], json!([node]), "{res}");
 
@@ -140,15 +86,25 @@ async fn plugin_reports_feed_the_scheduler_extender() {
     cri.run_container(&pod, "main", "", &["sleep", "3600"], &[])
         .await
         .unwrap();
-    wait_for(&addr, node, 40_000).await;
-    let (_, res) = http(&addr, "POST", "/filter", Some(&filter_args(node, "70Gbps")));
+    wait_for_guaranteed(&addr, node, 40_000, WAIT).await;
+    let (_, res) = call(
+        &addr,
+        "POST",
+        "/filter",
+        Some(&extender_args(node, "70Gbps")),
+    );
     assert_eq!(res["NodeNames"], json!([]), "{res}");
     let reason = res["FailedNodes"][node].as_str().unwrap_or_default();
     assert!(
         reason.starts_with("conrdma:") && reason.contains("70Gbps"),
         "kube-scheduler shows why: {res}"
     );
-    let (_, res) = http(&addr, "POST", "/filter", Some(&filter_args(node, "60Gbps")));
+    let (_, res) = call(
+        &addr,
+        "POST",
+        "/filter",
+        Some(&extender_args(node, "60Gbps")),
+    );
     assert_eq!(
         res["NodeNames"],
         json!([node]),
@@ -157,6 +113,6 @@ async fn plugin_reports_feed_the_scheduler_extender() {
 
     // Removing the pod gives the bandwidth back in the cluster view too.
     cri.stop_and_remove_pod(&pod).await.unwrap();
-    wait_for(&addr, node, 0).await;
+    wait_for_guaranteed(&addr, node, 0, WAIT).await;
     cd.shutdown().await.unwrap();
 }

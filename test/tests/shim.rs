@@ -18,7 +18,8 @@ use conrdma_core::report::{UsageBatch, UsageReport};
 use conrdma_core::AllocationRecord;
 use conrdma_e2e::containerd::shim_pids;
 use conrdma_e2e::{
-    simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec, RuntimeHandler,
+    shim_runtime, simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec,
+    RuntimeHandler,
 };
 
 const PLUGIN: &str = "10-conrdma";
@@ -150,23 +151,8 @@ impl Node {
         simulate_nic(&nic, 1, 4, "100G").unwrap();
         std::fs::write(sim.path().join("node.toml"), "").unwrap();
         std::fs::write(sim.path().join("token"), format!("{TOKEN}\n")).unwrap();
-        let mut h = RuntimeHandler::new(HANDLER, "io.containerd.conrdma.v1");
-        h.pod_annotations = vec!["rdma.conrdma.io/*".into()];
+        let mut h = shim_runtime(HANDLER, &nic, &sim.path().join("runc"));
         let o = &mut h.options;
-        o.insert("limiter".into(), "simulated".into());
-        o.insert(
-            "sysfs_root".into(),
-            nic.to_string_lossy().into_owned().into(),
-        );
-        // runc's own option, passed through by the shim (and cleaned up by the harness).
-        o.insert(
-            "Root".into(),
-            sim.path()
-                .join("runc")
-                .to_string_lossy()
-                .into_owned()
-                .into(),
-        );
         if let Some(url) = webhook {
             o.insert("webhook_url".into(), url.into());
             o.insert(

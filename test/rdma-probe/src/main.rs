@@ -89,6 +89,7 @@ impl Report {
     }
     /// Records the first failure (stage, errno, message); later ones do not overwrite it.
     #[cfg_attr(not(feature = "verbs"), allow(dead_code))]
+    #[cfg_attr(not(feature = "verbs"), allow(dead_code))]
     fn fail(&mut self, stage: &str, err: &std::io::Error) {
         if self.0.contains_key("stage") {
             return;
@@ -104,6 +105,8 @@ impl Report {
     }
 }
 
+// Used by the libibverbs path, which builds only with the `verbs` feature (and by the tests).
+#[cfg_attr(not(feature = "verbs"), allow(dead_code))]
 fn port_state_name(s: u32) -> &'static str {
     match s {
         0 => "NOP",
@@ -116,6 +119,8 @@ fn port_state_name(s: u32) -> &'static str {
     }
 }
 
+// Used by the libibverbs path, which builds only with the `verbs` feature (and by the tests).
+#[cfg_attr(not(feature = "verbs"), allow(dead_code))]
 fn link_layer_name(l: u8) -> &'static str {
     match l {
         1 => "InfiniBand",
@@ -125,6 +130,8 @@ fn link_layer_name(l: u8) -> &'static str {
 }
 
 /// `enum ibv_mtu` (1 = 256 ... 5 = 4096) in bytes.
+// Used by the libibverbs path, which builds only with the `verbs` feature (and by the tests).
+#[cfg_attr(not(feature = "verbs"), allow(dead_code))]
 fn mtu_bytes(m: u32) -> u32 {
     if (1..=5).contains(&m) {
         128 << m
@@ -134,6 +141,8 @@ fn mtu_bytes(m: u32) -> u32 {
 }
 
 /// A GUID as ibv_devinfo prints it: four groups of four hex digits.
+// Used by the libibverbs path, which builds only with the `verbs` feature (and by the tests).
+#[cfg_attr(not(feature = "verbs"), allow(dead_code))]
 fn guid_string(host_order: u64) -> String {
     let h = format!("{host_order:016x}");
     format!("{}:{}:{}:{}", &h[0..4], &h[4..8], &h[8..12], &h[12..16])

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use conrdma_e2e::{workspace_bin, Containerd, ContainerdOptions, PodSpec, RuntimeHandler};
+use conrdma_e2e::{shim_dir, shim_runtime, workspace_bin, Containerd, ContainerdOptions, PodSpec};
 
 const USAGE: &str = "usage: conrdma-local-node [--hold] [--pfs N] [--vfs N] [--speed RATE] [--bandwidth RATE] [--limit RATE]";
 
@@ -91,20 +91,10 @@ async fn run() -> Result<(), String> {
     step("containerd 1.7 with NRI and the `conrdma` runtime handler (isolated: its own root, state and sockets)");
     // The ConRDMA shim holds the pod's VF to its rate; on the simulated NIC its limiter writes the
     // VF's rate knobs under the NIC tree.
-    let mut handler = RuntimeHandler::new("conrdma", "io.containerd.conrdma.v1");
-    handler.pod_annotations = vec!["rdma.conrdma.io/*".into()];
-    handler.options.insert("limiter".into(), "simulated".into());
-    handler.options.insert(
-        "sysfs_root".into(),
-        nic.to_string_lossy().into_owned().into(),
-    );
-    let shim = workspace_bin("containerd-shim-conrdma-v1").map_err(|e| e.to_string())?;
+    let handler = shim_runtime("conrdma", &nic, &work.path().join("runc"));
     let opts = ContainerdOptions {
         runtimes: vec![handler],
-        extra_path: shim
-            .parent()
-            .map(|d| vec![d.to_path_buf()])
-            .unwrap_or_default(),
+        extra_path: vec![shim_dir().map_err(|e| e.to_string())?],
         ..Default::default()
     };
     let mut cd = Containerd::start(opts).await.map_err(|e| e.to_string())?;

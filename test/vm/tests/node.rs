@@ -18,6 +18,7 @@ use std::time::Duration;
 use conrdma_core::ledger::{Held, Ledger};
 use conrdma_core::report::{UsageBatch, UsageReport};
 use conrdma_core::AllocationRecord;
+use conrdma_e2e::webhook::{call, extender_args, wait_for_guaranteed};
 use conrdma_e2e::{
     workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec, RuntimeHandler,
 };
@@ -599,7 +600,7 @@ async fn node_reports_of_the_real_pf_reach_the_placement_webhook() {
     let _webhook =
         ChildGuard::spawn("placement", &mut cmd, &dir.path().join("placement.log")).unwrap();
     let deadline = std::time::Instant::now() + WAIT;
-    while http(&addr, "GET", "/v1/nodes", None).0 == 0 {
+    while call(&addr, "GET", "/v1/nodes", None).0 == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the webhook never listened on {addr}"
@@ -613,8 +614,13 @@ async fn node_reports_of_the_real_pf_reach_the_placement_webhook() {
     .await;
 
     // The plugin's first report (at start) shows the empty 1Gbps PF.
-    wait_for_guaranteed(&addr, node, 0).await;
-    let (_, res) = http(&addr, "POST", "/filter", Some(&filter_args(node, "1Gbps")));
+    wait_for_guaranteed(&addr, node, 0, WAIT).await;
+    let (_, res) = call(
+        &addr,
+        "POST",
+        "/filter",
+        Some(&extender_args(node, "1Gbps")),
+    );
     assert_eq!(
         res["NodeNames"],
         serde_json::json!([node]),
@@ -622,12 +628,12 @@ async fn node_reports_of_the_real_pf_reach_the_placement_webhook() {
     );
 
     let (pod_id, _) = n.pod(pod("a", &[(BW, "700Mbps")])).await.unwrap();
-    wait_for_guaranteed(&addr, node, 700).await;
-    let (_, res) = http(
+    wait_for_guaranteed(&addr, node, 700, WAIT).await;
+    let (_, res) = call(
         &addr,
         "POST",
         "/filter",
-        Some(&filter_args(node, "400Mbps")),
+        Some(&extender_args(node, "400Mbps")),
     );
     assert_eq!(res["NodeNames"], serde_json::json!([]), "{res}");
     let reason = res["FailedNodes"][node].as_str().unwrap_or_default();
@@ -635,11 +641,11 @@ async fn node_reports_of_the_real_pf_reach_the_placement_webhook() {
         reason.starts_with("conrdma:") && reason.contains("400Mbps"),
         "kube-scheduler is told why: {res}"
     );
-    let (_, res) = http(
+    let (_, res) = call(
         &addr,
         "POST",
         "/filter",
-        Some(&filter_args(node, "300Mbps")),
+        Some(&extender_args(node, "300Mbps")),
     );
     assert_eq!(
         res["NodeNames"],
@@ -648,7 +654,7 @@ async fn node_reports_of_the_real_pf_reach_the_placement_webhook() {
     );
 
     n.cd.cri().stop_and_remove_pod(&pod_id).await.unwrap();
-    wait_for_guaranteed(&addr, node, 0).await;
+    wait_for_guaranteed(&addr, node, 0, WAIT).await;
     n.cd.shutdown().await.unwrap();
 }
 
@@ -658,74 +664,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// One HTTP/1.1 request on loopback; (status, JSON body or Null). Errors (webhook not up yet)
-/// come back as status 0.
-fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, Value::Null);
-    };
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut out = String::new();
-    if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut out).is_err() || out.len() < 12
-    {
-        return (0, Value::Null);
-    }
-    let status = out[9..12].parse().unwrap_or(0);
-    let text = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // The body may be chunked: the JSON is what lies between the first '{' and the last '}'.
-    let json = match (text.find('{'), text.rfind('}')) {
-        (Some(a), Some(b)) if a < b => serde_json::from_str(&text[a..=b]).unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    (status, json)
-}
-
-/// Sum of the guaranteed bandwidth the webhook holds for `node`, if it knows the node.
-fn guaranteed(addr: &str, node: &str) -> Option<u64> {
-    let (_, nodes) = http(addr, "GET", "/v1/nodes", None);
-    let n = nodes["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["node"] == node)?
-        .clone();
-    let pools = n["pools"]
-        .as_array()
-        .or_else(|| n["report"]["pools"].as_array())?;
-    Some(
-        pools
-            .iter()
-            .map(|p| p["guaranteed_mbps"].as_u64().unwrap_or(0))
-            .sum(),
-    )
-}
-
-async fn wait_for_guaranteed(addr: &str, node: &str, want: u64) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while guaranteed(addr, node) != Some(want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the webhook never saw {want}Mbps guaranteed on {node}: {:?}",
-            http(addr, "GET", "/v1/nodes", None).1
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn filter_args(node: &str, bandwidth: &str) -> Value {
-    serde_json::json!({
-        "Pod": {"metadata": {"name": "next", "namespace": "ml", "uid": "u-next",
-                "annotations": {"rdma.conrdma.io/bandwidth": bandwidth}},
-                "spec": {"containers": [{"name": "c", "image": "x"}]}},
-        "Nodes": null,
-        "NodeNames": [node]
-    })
 }
 
 // --- kernel facts the shim's netlink limiter relies on ---------------------------------------------
