@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod extender;
+mod fits;
 pub mod http;
 pub mod metrics;
 pub mod serve;

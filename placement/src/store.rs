@@ -13,6 +13,7 @@ use conrdma_core::Request;
 use serde::Serialize;
 
 use crate::config::{Config, Policy, UnknownNodes};
+use crate::fits::{FitTable, PfFit};
 
 /// The knobs of the decision, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -146,34 +147,6 @@ impl Reasons {
     }
 }
 
-/// One PF as the decision needs it, kept inline so that judging a node touches one or two cache
-/// lines (5,000 nodes per request must not chase pointers through every report).
-#[derive(Debug, Clone, Copy, Default)]
-struct PfFit {
-    pool: u32,
-    vfs_free: u32,
-    capacity: u64,
-    headroom: u64,
-}
-
-const INLINE_PFS: usize = 4;
-
-#[derive(Debug, Clone)]
-struct FitData {
-    received: Instant,
-    len: usize,
-    inline: [PfFit; INLINE_PFS],
-    more: Vec<PfFit>,
-}
-
-impl FitData {
-    fn pfs(&self) -> impl Iterator<Item = &PfFit> {
-        self.inline[..self.len.min(INLINE_PFS)]
-            .iter()
-            .chain(self.more.iter())
-    }
-}
-
 /// Which pools a request may use, resolved once per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PoolSel {
@@ -220,12 +193,10 @@ impl std::hash::Hasher for FxHasher {
     }
 }
 
-type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
-
 pub struct Store {
     settings: Settings,
     nodes: HashMap<String, NodeEntry>,
-    fits: HashMap<String, FitData, FxBuild>,
+    fits: FitTable,
     pool_ids: HashMap<String, u32>,
     /// node -> pod uid -> latest usage.
     usage: HashMap<String, HashMap<String, PodUsage>>,
@@ -242,7 +213,7 @@ impl Store {
         Store {
             settings,
             nodes: HashMap::new(),
-            fits: HashMap::default(),
+            fits: FitTable::default(),
             pool_ids: HashMap::new(),
             usage: HashMap::new(),
         }
@@ -263,31 +234,18 @@ impl Store {
     /// Stores a (validated) node report; it replaces the node's previous one whole.
     pub fn put_node(&mut self, report: NodeReport, now: Instant, now_unix_ms: u64) {
         let name = report.node.clone();
-        let mut fit = FitData {
-            received: now,
-            len: 0,
-            inline: [PfFit::default(); INLINE_PFS],
-            more: Vec::new(),
-        };
+        let mut pfs = Vec::with_capacity(report.pools.iter().map(|p| p.pfs.len()).sum());
         for pool in &report.pools {
             let next = self.pool_ids.len() as u32;
             let id = *self.pool_ids.entry(pool.pool.clone()).or_insert(next);
-            for pf in &pool.pfs {
-                let f = PfFit {
-                    pool: id,
-                    vfs_free: pf.vfs_free,
-                    capacity: pf.capacity_mbps,
-                    headroom: pf.headroom_mbps(),
-                };
-                if fit.len < INLINE_PFS {
-                    fit.inline[fit.len] = f;
-                } else {
-                    fit.more.push(f);
-                }
-                fit.len += 1;
-            }
+            pfs.extend(pool.pfs.iter().map(|pf| PfFit {
+                pool: id,
+                vfs_free: pf.vfs_free,
+                capacity: pf.capacity_mbps,
+                headroom: pf.headroom_mbps(),
+            }));
         }
-        self.fits.insert(name.clone(), fit);
+        self.fits.put(&name, now, &pfs);
         self.nodes.insert(
             name,
             NodeEntry {
@@ -337,19 +295,19 @@ impl Store {
         self.nodes
             .retain(|_, e| now.saturating_duration_since(e.received) <= forget);
         self.fits
-            .retain(|_, f| now.saturating_duration_since(f.received) <= forget);
+            .retain(|received| now.saturating_duration_since(received) <= forget);
         for pods in self.usage.values_mut() {
             pods.retain(|_, u| now.saturating_duration_since(u.received) <= ttl);
         }
         self.usage.retain(|_, pods| !pods.is_empty());
     }
 
-    fn fresh<'a>(&'a self, node: &str, now: Instant) -> Result<&'a FitData, Why> {
-        let e = self.fits.get(node).ok_or(Why::NeverReported)?;
-        if now.saturating_duration_since(e.received) > self.settings.node_ttl {
+    fn fresh<'a>(&'a self, node: &str, now: Instant) -> Result<&'a [PfFit], Why> {
+        let (received, pfs) = self.fits.get(node).ok_or(Why::NeverReported)?;
+        if now.saturating_duration_since(received) > self.settings.node_ttl {
             return Err(Why::Stale);
         }
-        Ok(e)
+        Ok(pfs)
     }
 
     /// Measured (tx, rx) Mbps of the node's pods in `pool` (all pools if `None`), from fresh
@@ -395,7 +353,7 @@ impl Store {
         let (mut any_pool, mut any_cap, mut any_vf) = (false, false, false);
         let mut best: Option<f64> = None;
         let mut pool_capacity = 0u64;
-        for pf in data.pfs() {
+        for pf in data {
             match ask.sel {
                 PoolSel::Any => {}
                 PoolSel::Id(id) if id == pf.pool => {}
