@@ -112,35 +112,61 @@ fn outcome_of(e: &PlacementError) -> &'static str {
     }
 }
 
+/// What the report endpoints share: the credential, the body's schema and its checks. A refusal is
+/// counted and timed here, so each endpoint only stores what was accepted.
+struct ReportKind {
+    /// Label in the `reports` metric.
+    label: &'static str,
+    /// Name in error messages.
+    what: &'static str,
+    /// Name of the latency series.
+    series: &'static str,
+}
+
+const NODE: ReportKind = ReportKind {
+    label: "node",
+    what: "node report",
+    series: "report_node",
+};
+const USAGE: ReportKind = ReportKind {
+    label: "usage",
+    what: "usage reports",
+    series: "report_usage",
+};
+
+fn accept<T: serde::de::DeserializeOwned>(
+    app: &App,
+    kind: &ReportKind,
+    headers: &HeaderMap,
+    body: &[u8],
+    validate: impl FnOnce(&T) -> std::result::Result<(), conrdma_core::report::InvalidReport>,
+    start: Instant,
+) -> Result<T> {
+    let res = app.authorize(headers).and_then(|()| {
+        let doc: T = serde_json::from_slice(body).map_err(|e| PlacementError::bad(kind.what, e))?;
+        validate(&doc).map_err(|e| PlacementError::bad(kind.what, e))?;
+        Ok(doc)
+    });
+    if let Err(e) = &res {
+        count(app, kind.label, outcome_of(e));
+        tracing::debug!(error = %e, "{} refused", kind.what);
+        app.metrics.observe(kind.series, start);
+    }
+    res
+}
+
 async fn node_report(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Accepted>> {
     let start = Instant::now();
-    let res = (|| {
-        app.authorize(&headers)?;
-        let report: NodeReport =
-            serde_json::from_slice(&body).map_err(|e| PlacementError::bad("node report", e))?;
-        report
-            .validate()
-            .map_err(|e| PlacementError::bad("node report", e))?;
-        Ok(report)
-    })();
-    let report = match res {
-        Ok(r) => r,
-        Err(e) => {
-            count(&app, "node", outcome_of(&e));
-            tracing::debug!(error = %e, "node report refused");
-            app.metrics.observe("report_node", start);
-            return Err(e);
-        }
-    };
+    let report = accept(&app, &NODE, &headers, &body, NodeReport::validate, start)?;
     tracing::trace!(node = %report.node, "node report");
     app.write()
         .put_node(report, Instant::now(), unix_ms(SystemTime::now()));
-    count(&app, "node", "accepted");
-    app.metrics.observe("report_node", start);
+    count(&app, NODE.label, "accepted");
+    app.metrics.observe(NODE.series, start);
     Ok(Json(Accepted { accepted: 1 }))
 }
 
@@ -150,31 +176,14 @@ async fn usage_report(
     body: Bytes,
 ) -> Result<Json<Accepted>> {
     let start = Instant::now();
-    let res = (|| {
-        app.authorize(&headers)?;
-        let batch: UsageBatch =
-            serde_json::from_slice(&body).map_err(|e| PlacementError::bad("usage reports", e))?;
-        batch
-            .validate()
-            .map_err(|e| PlacementError::bad("usage reports", e))?;
-        Ok(batch)
-    })();
-    let batch = match res {
-        Ok(b) => b,
-        Err(e) => {
-            count(&app, "usage", outcome_of(&e));
-            tracing::debug!(error = %e, "usage reports refused");
-            app.metrics.observe("report_usage", start);
-            return Err(e);
-        }
-    };
+    let batch = accept(&app, &USAGE, &headers, &body, UsageBatch::validate, start)?;
     let n = batch.reports.len();
     app.write().put_usage(batch, Instant::now());
     app.metrics
         .reports
-        .with_label_values(&["usage", "accepted"])
+        .with_label_values(&[USAGE.label, "accepted"])
         .inc_by(n as u64);
-    app.metrics.observe("report_usage", start);
+    app.metrics.observe(USAGE.series, start);
     Ok(Json(Accepted { accepted: n }))
 }
 
