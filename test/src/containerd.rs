@@ -412,25 +412,22 @@ impl Containerd {
         needle: &str,
         timeout: Duration,
     ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.log_since(mark);
-            if text.contains(needle) {
-                return Ok(text);
-            }
-            self.check_alive(&format!("waiting for {needle:?} in its log"))?;
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    after: timeout,
-                    what: format!(
-                        "{needle:?} in {}; last lines:\n{}",
-                        self.paths.log.display(),
-                        tail(&text, 30)
-                    ),
-                });
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let child = self.child.as_mut().ok_or(Error::NotRunning)?;
+        let log = &self.paths.log;
+        // containerd's log is its child's output file: the child's wait does the polling, and an
+        // early exit is reported as containerd's, with its log.
+        child
+            .wait_for_log_since(mark, needle, timeout)
+            .await
+            .map_err(|e| match e {
+                Error::Command { status, .. } => Error::ContainerdExited {
+                    status,
+                    during: format!("waiting for {needle:?} in its log"),
+                    log_path: log.clone(),
+                    log_tail: tail(&read_lossy(log), 40),
+                },
+                other => other,
+            })
     }
 
     /// Waits until `needle` appears anywhere in the log.

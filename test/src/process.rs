@@ -193,7 +193,11 @@ impl ChildGuard {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     after: timeout,
-                    what: format!("{needle:?} in {}", self.log_path.display()),
+                    what: format!(
+                        "{needle:?} in {}; last lines:\n{}",
+                        self.log_path.display(),
+                        tail(&text, 30)
+                    ),
                 });
             }
             tokio::time::sleep(POLL).await;
