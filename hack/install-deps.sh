@@ -33,4 +33,5 @@ if [ ! -x "$PREFIX/usr/bin/containerd" ]; then
   trap - EXIT
 fi
 "$PREFIX/usr/bin/containerd" --version
-runc --version | head -1
+runc_version=$(runc --version) # whole, not piped to head: SIGPIPE under pipefail
+echo "${runc_version%%$'\n'*}"

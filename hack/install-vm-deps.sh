@@ -32,7 +32,7 @@ apt_get() {
 }
 
 # --- what is missing --------------------------------------------------------------------
-pkg_ok() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed; }
+pkg_ok() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
 
 kernel_ok() { # a /boot/vmlinuz-* with its modules
   local k
@@ -47,7 +47,11 @@ qemu_ok() {
   local major
   major=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
   [ -n "$major" ] && [ "$major" -ge "$QEMU_MIN_MAJOR" ] || return 1
-  qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'
+  # Captured first: `qemu | grep -q` under pipefail fails when grep exits before qemu is done
+  # writing (SIGPIPE), which would read as "no igb".
+  local devices
+  devices=$(qemu-system-x86_64 -device help 2>/dev/null) || return 1
+  grep -q '"igb"' <<<"$devices"
 }
 
 vng_ok() { [ -x "$VM_PREFIX/venv/bin/vng" ] && "$VM_PREFIX/venv/bin/vng" --version >/dev/null 2>&1; }
@@ -80,7 +84,9 @@ fi
 backports_list=/etc/apt/sources.list.d/conrdma-bookworm-backports.sources
 add_backports() {
   [ -e "$backports_list" ] && return 1
-  if apt-cache policy 2>/dev/null | grep -q 'a=bookworm-backports\|n=bookworm-backports'; then
+  local policy
+  policy=$(apt-cache policy 2>/dev/null || true)
+  if grep -q 'a=bookworm-backports\|n=bookworm-backports' <<<"$policy"; then
     return 1 # already configured by someone else
   fi
   local uri="" keyring=/usr/share/keyrings/debian-archive-keyring.gpg f

@@ -19,7 +19,10 @@ die() { echo "build-probe-image: $*" >&2; exit 1; }
 
 [ -x "$probe" ] || die "$probe is not an executable"
 command -v jq >/dev/null || die "jq missing (hack/install-deps.sh installs it)"
-ldd "$probe" | grep -q 'libibverbs' ||
+# ldd's output is captured before grep reads it: `ldd | grep -q` under pipefail fails whenever grep
+# exits at the match before ldd has written its last line (SIGPIPE), a race that CI lost.
+libs=$(ldd "$probe") || die "ldd $probe failed"
+grep -q 'libibverbs' <<<"$libs" ||
   die "$probe does not link libibverbs: build it with cargo build -p conrdma-rdma-probe --features verbs"
 
 work=$(mktemp -d)

@@ -50,7 +50,8 @@ echo "$NUM_VFS" >"$pfdev/sriov_numvfs" || die "echo $NUM_VFS > $pfdev/sriov_numv
 vfs=()
 for ((i = 0; i < NUM_VFS; i++)); do
   wait_for 30 "VF $i netdev (igbvf) under $pfdev/virtfn$i/net" test -n "$(ls "$pfdev/virtfn$i/net" 2>/dev/null)"
-  vf=$(ls "$pfdev/virtfn$i/net" | head -1)
+  vfnet=("$pfdev/virtfn$i/net"/*)
+  vf=$(basename "${vfnet[0]}")
   vfs+=("$vf")
   ip link set "$vf" up
 done
