@@ -140,7 +140,9 @@ fn exe_profile_dir() -> Option<PathBuf> {
 pub fn bin_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("CONRDMA_BIN_DIR").filter(|d| !d.is_empty()) {
-        dirs.push(PathBuf::from(d));
+        // Relative to the workspace root, where it is typed: cargo runs tests and benches in the
+        // package's own directory.
+        dirs.push(workspace_root().join(d));
         return dirs;
     }
     if std::env::var_os("CARGO_TARGET_DIR").is_some_and(|t| !t.is_empty()) {
@@ -160,7 +162,7 @@ pub fn bin_dirs() -> Vec<PathBuf> {
 
 /// One of the workspace's own binaries, e.g. `workspace_bin("conrdma-nri-plugin")`.
 ///
-/// Looks in `$CONRDMA_BIN_DIR` if set, else `$CARGO_TARGET_DIR/debug`, the profile directory of
+/// Looks in `$CONRDMA_BIN_DIR` if set (a relative path is taken from the workspace root), else `$CARGO_TARGET_DIR/debug`, the profile directory of
 /// the running test binary and `<workspace>/target/debug`. `cargo test` does not build other
 /// packages' binaries, hence the hint.
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
