@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
+use crate::limiter::VfRate;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocationRecord {
@@ -25,12 +26,27 @@ pub struct AllocationRecord {
     /// What happened to the rdma cgroup limits: the `rdma.max` line set, or why none was set.
     #[serde(default)]
     pub rdma_cgroup: String,
+    /// The maximum the runtime sets when the pod starts, where the node's work-conserving
+    /// controller steers the pool: the guarantee (1 Mbps for a best-effort pod), for which the
+    /// controller has already made room on the PF before the plugin answered, so the PF's sum of
+    /// maxima stays within its bound; the controller raises it from there. Absent: the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_max_mbps: Option<u64>,
 }
 
 impl AllocationRecord {
     pub fn to_json(&self) -> String {
         // Serialising a struct of strings and integers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The rate the runtime sets at the pod's start: the guarantee as minimum, and as maximum
+    /// `start_max_mbps` where the controller steers the VF, else the limit.
+    pub fn start_rate(&self) -> VfRate {
+        VfRate::new(
+            self.guaranteed_mbps,
+            self.start_max_mbps.unwrap_or(self.limit_mbps),
+        )
     }
 
     pub fn from_json(text: &str) -> Result<Self, CoreError> {
@@ -40,5 +56,42 @@ impl AllocationRecord {
             reason: e.to_string(),
             accepted: "the JSON object written by the ConRDMA NRI plugin".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record as a plugin of the previous release wrote it, with `start_max_mbps` added.
+    fn rec(start_max_mbps: Option<u64>) -> AllocationRecord {
+        let mut r = AllocationRecord::from_json(
+            r#"{"pool":"default","pf":"ens1f0","vf":2,"vf_pci":"0000:3b:00.3","rdma_device":"mlx5_3",
+                "netdev":"ens1f0v2","guaranteed_mbps":10000,"limit_mbps":25000,
+                "uverbs":"/dev/infiniband/uverbs3","rdma_cgroup":""}"#,
+        )
+        .unwrap();
+        assert_eq!(r.start_max_mbps, None);
+        r.start_max_mbps = start_max_mbps;
+        r
+    }
+
+    #[test]
+    fn starts_at_the_limit_unless_steered() {
+        assert_eq!(rec(None).start_rate(), VfRate::new(10_000, 25_000));
+        assert_eq!(rec(Some(10_000)).start_rate(), VfRate::new(10_000, 10_000));
+    }
+
+    #[test]
+    fn start_max_is_written_only_when_set_and_old_records_still_read() {
+        let plain = rec(None).to_json();
+        assert!(!plain.contains("start_max_mbps"), "{plain}");
+        assert_eq!(AllocationRecord::from_json(&plain).unwrap(), rec(None));
+        let steered = rec(Some(10_000)).to_json();
+        assert!(steered.contains("\"start_max_mbps\":10000"), "{steered}");
+        assert_eq!(
+            AllocationRecord::from_json(&steered).unwrap(),
+            rec(Some(10_000))
+        );
     }
 }

@@ -162,7 +162,8 @@ pub struct VfInput {
     /// The maximum in force now (0 = none).
     pub current_max_mbps: u64,
     /// Not the controller's to change: counted in the PF's sum at its current maximum (at its
-    /// guarantee when it has none: a VF whose runtime has not set its rate yet) and left alone.
+    /// guarantee, at least 1 Mbps, when it has none: a VF whose runtime has not set its rate yet
+    /// and will set the allocation's start maximum) and left alone.
     pub pinned: bool,
 }
 
@@ -250,7 +251,8 @@ pub fn plan(line_mbps: u64, vfs: &[VfInput], t: &Tuning) -> Vec<VfPlan> {
         .filter(|v| v.pinned)
         .map(|v| {
             if v.current_max_mbps == 0 {
-                v.guarantee_mbps
+                // What its runtime will set: the allocation's start maximum, at least 1 Mbps.
+                v.guarantee_mbps.max(1)
             } else {
                 v.current_max_mbps
             }
@@ -719,6 +721,11 @@ mod tests {
             &t,
         );
         assert_eq!(p[1].max_mbps, LINE - 30_000, "one with a rate counts at it");
+        // A best-effort one starts at 1 Mbps (0 would mean no limit).
+        let mut best_effort = vf(0, 40_000, Demand::Unknown, 0);
+        best_effort.pinned = true;
+        let busy = vf(20_000, LINE, Demand::AtCap(20_000), 20_000);
+        assert_eq!(plan(LINE, &[best_effort, busy], &t)[1].max_mbps, LINE - 1);
     }
 
     #[test]

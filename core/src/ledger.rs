@@ -232,6 +232,7 @@ impl Ledger {
             limit_mbps: limit.min(pf.line_rate_mbps),
             uverbs: vf.uverbs.dev_path(),
             rdma_cgroup: String::new(),
+            start_max_mbps: None,
         };
         let mut held = Held {
             pod: pod.clone(),

@@ -517,6 +517,7 @@ mod tests {
             limit_mbps: g,
             uverbs: String::new(),
             rdma_cgroup: String::new(),
+            start_max_mbps: None,
         };
         let held = [rec("a", 0, 10_000), rec("a", 2, 5_000), rec("gone", 0, 1)];
         let r = NodeReport::from_inventory("worker-1", 5, &inv, held.iter());

@@ -1,6 +1,9 @@
 //! CreateContainer handling inside the plugin, 64 VFs on 4 PFs: admission + ledger write + spec
 //! adjustment for a pod's first container, the lookup path for its second container, and the
-//! pass-through for a pod without ConRDMA annotations. Prints p50/p99/max per path and state dir.
+//! pass-through for a pod without ConRDMA annotations. Prints p50/p99/max per path and state dir,
+//! and once more with the work-conserving controller steering every pool, where admitting a pod
+//! waits for the controller's round that makes room for it (the runtime's start rate is written
+//! after each admission, outside the timed region, as the shim would).
 //!
 //! Run: cargo bench -p conrdma-nri-plugin --bench create_container
 
@@ -8,11 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use conrdma_core::limiter::{RateLimiter, SimulatedLimiter};
 use conrdma_core::rate::Rate;
 use conrdma_core::simulate::{build, Binding, SimOptions};
 use conrdma_core::NodeConfig;
 use conrdma_nri::{Container, CreateContainerRequest, PodSandbox};
-use conrdma_nri_plugin::{NodeState, Plugin};
+use conrdma_nri_plugin::{conserve, NodeState, Plugin};
 
 const ROUNDS: usize = 40;
 
@@ -60,8 +64,8 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn run(state_parent: &Path, label: &str) {
-    let sys = tempfile::tempdir().unwrap();
+fn run(state_parent: &Path, label: &str, steered: bool) {
+    let sys = tempfile::tempdir_in(state_parent).unwrap();
     let opts = SimOptions {
         pfs: 4,
         vfs_per_pf: 16,
@@ -71,7 +75,21 @@ fn run(state_parent: &Path, label: &str) {
     };
     build(sys.path(), &opts).unwrap();
     let state = tempfile::tempdir_in(state_parent).unwrap();
-    let node = Arc::new(NodeState::open(sys.path(), state.path(), NodeConfig::default()).unwrap());
+    let cfg = if steered {
+        NodeConfig::from_toml(
+            "[conserve]\nenabled = true\nlimiter = \"simulated\"\n",
+            "bench",
+        )
+        .unwrap()
+    } else {
+        NodeConfig::default()
+    };
+    let node = Arc::new(NodeState::open(sys.path(), state.path(), cfg).unwrap());
+    let limiter = SimulatedLimiter::new(sys.path());
+    if steered {
+        // Runs until the process exits.
+        conserve::spawn(node.clone(), sys.path().to_path_buf()).unwrap();
+    }
     let plugin = Plugin::new(node.clone());
     let (mut first, mut second, mut plain) = (Vec::new(), Vec::new(), Vec::new());
     let mut pod = 0;
@@ -83,6 +101,15 @@ fn run(state_parent: &Path, label: &str) {
             let resp = plugin.create(&request(pod, "main", true)).unwrap();
             first.push(t.elapsed());
             assert!(resp.adjust.is_some());
+            if steered {
+                let held = node.held();
+                let h = held
+                    .iter()
+                    .find(|h| h.pod.uid == format!("uid-{pod}"))
+                    .unwrap();
+                let r = &h.record;
+                limiter.set(&r.pf, r.vf, r.start_rate()).unwrap();
+            }
             let t = Instant::now();
             plugin.create(&request(pod, "sidecar", true)).unwrap();
             second.push(t.elapsed());
@@ -108,7 +135,13 @@ fn run(state_parent: &Path, label: &str) {
 fn main() {
     println!("CreateContainer handling, 64 VFs on 4 PFs, {ROUNDS} fill/drain rounds");
     if Path::new("/dev/shm").is_dir() {
-        run(Path::new("/dev/shm"), "state on tmpfs");
+        run(Path::new("/dev/shm"), "state on tmpfs", false);
     }
-    run(&std::env::temp_dir(), "state on disk");
+    run(&std::env::temp_dir(), "state on disk", false);
+    let steered = if Path::new("/dev/shm").is_dir() {
+        Path::new("/dev/shm").to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    run(&steered, "steered by [conserve]", true);
 }

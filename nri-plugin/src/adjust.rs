@@ -146,6 +146,7 @@ mod tests {
             limit_mbps: 25_000,
             uverbs: "/dev/infiniband/uverbs5".into(),
             rdma_cgroup: "mlx5_5 hca_handle=2 hca_object=max".into(),
+            start_max_mbps: None,
         };
         let uv = CharDev {
             name: "uverbs5".into(),

@@ -5,14 +5,17 @@
 //! runs at its lowered cap, it decides new maxima per PF with [`conrdma_core::conserve`] and sets
 //! the ones that change through the same [`RateLimiter`] the shim uses (decreases first, so the
 //! PF's sum stays within line x headroom). It reads the ledger and the config but never holds the
-//! ledger while it talks to the hardware, so CreateContainer never waits for it.
+//! ledger while it talks to the hardware. CreateContainer waits for it only when it admits a pod
+//! to a steered pool, for the round that makes room for the pod's start maximum
+//! ([`crate::steering`]).
 //!
-//! Who owns a VF's rate: the runtime (shim, or the plugin's own enforcement) sets `max = limit`,
-//! `min = guarantee` when the pod starts and resets it when the pod goes. From the first decision
-//! after that until the pod leaves the ledger (or its pool is switched off), the controller owns
-//! `max_tx_rate` and keeps it within `[floor, limit]`, never below the guarantee while it is
-//! wanted. A VF without a rate (the runtime has not set it yet, or has already reset it) is left
-//! alone and counted at its guarantee for up to [`PENDING`]. A VF that leaves the ledger is reset
+//! Who owns a VF's rate: the runtime (shim, or the plugin's own enforcement) sets the allocation's
+//! start rate (`max = guarantee`, at least 1 Mbps, `min = guarantee`) when the pod starts and
+//! resets it when the pod goes. From the first decision after that until the pod leaves the
+//! ledger (or its pool is switched off), the controller owns `max_tx_rate` and keeps it within
+//! `[floor, limit]`, never below the guarantee while it is wanted. A VF without a rate (the
+//! runtime has not set it yet, or has already reset it) is left alone and counted at its start
+//! maximum for up to [`PENDING`]. A VF that leaves the ledger is reset
 //! if the controller was the last to change it and no other pod holds it; a VF whose pool is
 //! switched off gets its allocation's static rate back.
 
@@ -107,8 +110,10 @@ impl Loop {
     }
 
     fn run(mut self) {
+        self.node.steering.attach();
         let mut was_on = false;
         let mut limiter: Option<(LimiterSpec, Box<dyn RateLimiter>)> = None;
+        let mut next_sample = Instant::now();
         loop {
             let cfg = self.node.config();
             let c = &cfg.conserve;
@@ -129,15 +134,22 @@ impl Loop {
                 let built = spec.build();
                 limiter = Some((spec, built));
             }
+            // Admissions wake the loop between samples; the sampling cadence stays the same.
+            let sample = started >= next_sample;
             if let Some((_, l)) = &limiter {
-                self.tick(&cfg, l.as_ref(), started);
+                self.tick(&cfg, l.as_ref(), started, sample);
             }
-            let pause = if c.enabled {
-                Duration::from_millis(c.interval_ms) / SAMPLES
-            } else {
-                IDLE_POLL
-            };
-            std::thread::sleep(pause.saturating_sub(started.elapsed()));
+            if sample {
+                let pause = if c.enabled {
+                    Duration::from_millis(c.interval_ms) / SAMPLES
+                } else {
+                    IDLE_POLL
+                };
+                next_sample = started + pause;
+            }
+            self.node
+                .steering
+                .sleep(next_sample.saturating_duration_since(Instant::now()));
         }
     }
 
@@ -156,8 +168,18 @@ impl Loop {
         }
     }
 
-    /// One sampling round: follow the ledger, read counters, decide where due.
-    fn tick(&mut self, cfg: &NodeConfig, lim: &dyn RateLimiter, now: Instant) {
+    /// One sampling round, which answers the admissions that asked for a decision before it began.
+    /// `sample`: a round of the regular cadence, which reads every VF's counters; otherwise an
+    /// admission woke the controller and only PFs with new VFs are decided.
+    fn tick(&mut self, cfg: &NodeConfig, lim: &dyn RateLimiter, now: Instant, sample: bool) {
+        let ticket = self.node.steering.begin();
+        self.round(cfg, lim, now, sample);
+        self.node.steering.finish(ticket);
+    }
+
+    /// Follows the ledger, reads counters, decides where due: every interval, and at once on a
+    /// PF with a new VF (to make room for its start maximum) or a lender back at its cap.
+    fn round(&mut self, cfg: &NodeConfig, lim: &dyn RateLimiter, now: Instant, sample: bool) {
         let c = &cfg.conserve;
         if !c.enabled && self.vfs.is_empty() {
             return;
@@ -191,11 +213,13 @@ impl Loop {
             return;
         }
         let tuning = c.tuning();
+        let mut due: BTreeSet<String> = BTreeSet::new();
         for (k, h) in &current {
             if self.vfs.contains_key(k) {
                 continue;
             }
             let r = &h.record;
+            due.insert(r.pf.clone());
             let line = inv.pf(&r.pf).map_or(0, |(_, pf)| pf.line_rate_mbps);
             info!(pod_id = %h.pod.id, pod = %format!("{}/{}", h.pod.namespace, h.pod.name),
                   pool = %r.pool, pf = %r.pf, vf = r.vf, guaranteed_mbps = r.guaranteed_mbps,
@@ -219,9 +243,16 @@ impl Loop {
                 },
             );
         }
+        if !sample {
+            // Admission waits for this: no counters, only the PFs that gained a VF.
+            for pf in &due {
+                self.decide(cfg, lim, pf, now, false);
+            }
+            self.publish();
+            return;
+        }
         // Sample every VF's counter; note PFs where a lender is back or a bare VF got its rate.
         let at = now.duration_since(self.epoch).as_secs_f64();
-        let mut due: BTreeSet<String> = BTreeSet::new();
         for (k, v) in self.vfs.iter_mut() {
             let (pf, vf) = (v.pf.clone(), v.vf);
             // A VF without a rate is watched for its runtime setting one, to decide at once.
@@ -710,25 +741,8 @@ mod tests {
 
         /// Admits a pod of 50G guaranteed, 100G limit and sets its rate as the shim does.
         fn pod(&self, name: &str) -> AllocationRecord {
-            let ann: HashMap<String, String> = [
-                ("rdma.conrdma.io/bandwidth", "50G"),
-                ("rdma.conrdma.io/bandwidth-limit", "100G"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            let req = Request::from_annotations(&ann).unwrap().unwrap();
-            let pod = PodRef {
-                id: format!("id-{name}"),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                name: name.into(),
-            };
-            let g = self.node.grant(&pod, &req, "conrdma").unwrap();
-            let r = g.record;
-            self.lim
-                .set(&r.pf, r.vf, VfRate::new(r.guaranteed_mbps, r.limit_mbps))
-                .unwrap();
+            let r = admit(&self.node, name, "50G");
+            self.lim.set(&r.pf, r.vf, r.start_rate()).unwrap();
             r
         }
 
@@ -748,12 +762,31 @@ mod tests {
             let now = self.t0 + Duration::from_millis(250) * self.step;
             let cfg = self.node.config();
             let lim = SimulatedLimiter::new(&self.root);
-            self.ctl.tick(&cfg, &lim, now);
+            self.ctl.tick(&cfg, &lim, now, true);
         }
 
         fn max(&self, vf: u32) -> u64 {
             self.lim.get("ens1f0", vf).unwrap().max_mbps
         }
+    }
+
+    /// Admits a pod with this guarantee and a 100G limit, as CreateContainer does.
+    fn admit(node: &NodeState, name: &str, guarantee: &str) -> AllocationRecord {
+        let ann: HashMap<String, String> = [
+            ("rdma.conrdma.io/bandwidth", guarantee),
+            ("rdma.conrdma.io/bandwidth-limit", "100G"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let req = Request::from_annotations(&ann).unwrap().unwrap();
+        let pod = PodRef {
+            id: format!("id-{name}"),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            name: name.into(),
+        };
+        node.grant(&pod, &req, "conrdma").unwrap().record
     }
 
     fn sum(b: &Bench) -> u64 {
@@ -797,6 +830,51 @@ mod tests {
         );
         assert!(b.ctl.vfs.is_empty());
         assert!(!b.ctl.telemetry.render().contains("vf_max_mbps{"));
+    }
+
+    #[test]
+    fn a_new_pod_finds_room_for_its_start_maximum_before_admission_answers() {
+        let mut b = Bench::new(CFG);
+        let a = admit(&b.node, "a", "30G");
+        let c = admit(&b.node, "c", "30G");
+        for r in [&a, &c] {
+            assert_eq!(
+                r.start_max_mbps,
+                Some(30_000),
+                "steered: starts at its guarantee"
+            );
+            b.lim.set(&r.pf, r.vf, r.start_rate()).unwrap();
+        }
+        for _ in 0..16 {
+            b.tick(&[a.vf]);
+        }
+        assert_eq!((b.max(a.vf), b.max(c.vf)), (99_900, 100));
+        // As the controller thread does when it starts: from now on admissions wait for it.
+        b.node.steering.attach();
+        let node = b.node.clone();
+        let booking = std::thread::spawn(move || admit(&node, "d", "30G"));
+        let mut rounds = 0;
+        while !booking.is_finished() {
+            assert!(rounds < 100, "admission was never answered");
+            b.tick(&[a.vf]);
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let d = booking.join().unwrap();
+        assert_eq!(
+            b.lim.get(&d.pf, d.vf).unwrap(),
+            VfRate::NONE,
+            "the runtime writes the first rate"
+        );
+        assert_eq!(
+            b.max(a.vf),
+            69_900,
+            "a's loan came down before admission answered"
+        );
+        // What the runtime writes now fits within the line.
+        b.lim.set(&d.pf, d.vf, d.start_rate()).unwrap();
+        assert_eq!(b.max(d.vf), 30_000);
+        assert!(sum(&b) <= 100_000, "sum of maxima {}", sum(&b));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod node;
 pub mod plugin;
 pub mod report;
+pub mod steering;
 
 pub use error::PluginError;
 pub use node::NodeState;

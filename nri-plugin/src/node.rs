@@ -3,17 +3,23 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use conrdma_core::discovery::{discover, CharDev};
 use conrdma_core::ledger::{Held, PodRef, Reconciled};
-use conrdma_core::limiter::{LimiterSpec, RateLimiter, VfRate};
+use conrdma_core::limiter::{LimiterSpec, RateLimiter};
 use conrdma_core::request::KEY_ALLOCATION;
 use conrdma_core::{AllocationRecord, Inventory, Ledger, NodeConfig, Request};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::adjust::rdma_cgroup_decision;
 use crate::cgroup::RdmaCgroup;
 use crate::error::PluginError;
+use crate::steering::{Outcome, Steering};
+
+/// The longest CreateContainer waits for the work-conserving controller to make room for a new
+/// pod (well inside containerd's 2 s NRI request timeout).
+const STEER_WAIT_MAX: Duration = Duration::from_secs(1);
 
 pub struct NodeState {
     root: PathBuf,
@@ -25,6 +31,8 @@ pub struct NodeState {
     limiter: Option<Box<dyn RateLimiter>>,
     /// Woken whenever the ledger changes, so the node report goes out at once.
     pub changed: tokio::sync::Notify,
+    /// Admission's handshake with the work-conserving controller.
+    pub steering: Steering,
 }
 
 /// What CreateContainer needs to adjust one container.
@@ -67,6 +75,7 @@ impl NodeState {
             cgroup,
             limiter,
             changed: tokio::sync::Notify::new(),
+            steering: Steering::default(),
         })
     }
 
@@ -126,10 +135,15 @@ impl NodeState {
             h.record.rdma_cgroup =
                 rdma_cgroup_decision(self.cgroup, req, &cfg, &h.record.rdma_device);
             h.plugin_enforced = enforce;
+            if cfg.conserve.controls(&h.record.pool) {
+                h.record.start_max_mbps = Some(h.record.guaranteed_mbps.max(1));
+            }
         })?;
+        if fresh && record.start_max_mbps.is_some() {
+            self.make_room(pod, &record, &cfg);
+        }
         if let (true, true, Some(limiter)) = (fresh, enforce, &self.limiter) {
-            let rate = VfRate::new(record.guaranteed_mbps, record.limit_mbps);
-            match limiter.set(&record.pf, record.vf, rate) {
+            match limiter.set(&record.pf, record.vf, record.start_rate()) {
                 Ok(applied) if !applied.min_enforced => {
                     warn!(pod_id = %pod.id, pf = %record.pf, vf = record.vf, note = ?applied.note, "guarantee not enforced in hardware; the limit is")
                 }
@@ -161,6 +175,23 @@ impl NodeState {
             uverbs,
             rdma_cm: inv.rdma_cm.clone(),
         })
+    }
+
+    /// Has the work-conserving controller take back the loans the new pod's start maximum needs
+    /// before anyone writes it. Not an error when it cannot: the pod is admitted either way, and
+    /// the controller's next decision restores the bound.
+    fn make_room(&self, pod: &PodRef, record: &AllocationRecord, cfg: &NodeConfig) {
+        let wait = Duration::from_millis(cfg.conserve.interval_ms).min(STEER_WAIT_MAX);
+        match self.steering.request(wait) {
+            Outcome::Done => {
+                debug!(pod_id = %pod.id, pf = %record.pf, vf = record.vf, "the controller made room for the new VF")
+            }
+            Outcome::TimedOut => {
+                warn!(pod_id = %pod.id, pf = %record.pf, vf = record.vf, waited_ms = wait.as_millis() as u64,
+                      "the work-conserving controller did not decide in time: the PF's sum of maxima may exceed its bound until its next decision")
+            }
+            Outcome::Unattached => {}
+        }
     }
 
     /// Whether the plugin itself holds pods of this runtime handler to their rate.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use conrdma_core::limiter::{Applied, LimiterSpec, VfCounters, VfRate};
+use conrdma_core::limiter::{Applied, LimiterSpec, VfCounters};
 use conrdma_core::report::PodId;
 use conrdma_core::request::{KEY_ALLOCATION, KEY_BANDWIDTH, KEY_LIMIT};
 use conrdma_core::{AllocationRecord, Request, ANNOTATION_PREFIX};
@@ -86,11 +86,6 @@ pub fn decide(container: &Spec, pod_annotations: Option<&HashMap<String, String>
     Decision::Refuse(ShimError::Refused(format!(
         "container {name:?} of a pod that asks for {asked} arrived without {KEY_ALLOCATION}: the ConRDMA NRI plugin did not handle it (not running, or timed out); refusing to run it without its VF rate limit. Start the plugin and retry"
     )))
-}
-
-/// The VF rate a record asks for: the guarantee as minimum, the limit as maximum.
-pub fn wanted_rate(rec: &AllocationRecord) -> VfRate {
-    VfRate::new(rec.guaranteed_mbps, rec.limit_mbps)
 }
 
 /// A counter sample.
@@ -176,6 +171,8 @@ impl RateState {
 
 #[cfg(test)]
 mod tests {
+    use conrdma_core::limiter::VfRate;
+
     use super::*;
 
     fn rec() -> AllocationRecord {
@@ -190,6 +187,7 @@ mod tests {
             limit_mbps: 25_000,
             uverbs: "/dev/infiniband/uverbs3".into(),
             rdma_cgroup: String::new(),
+            start_max_mbps: None,
         }
     }
 
@@ -214,7 +212,7 @@ mod tests {
         let c = spec(&[CTR, (KEY_ALLOCATION, &json), (KEY_BANDWIDTH, "10G")]);
         let p = pod(&[(KEY_BANDWIDTH, "10G")]);
         match decide(&c, Some(&p)) {
-            Decision::Apply(r) => assert_eq!(wanted_rate(&r), VfRate::new(10_000, 25_000)),
+            Decision::Apply(r) => assert_eq!(r.start_rate(), VfRate::new(10_000, 25_000)),
             d => panic!("{d:?}"),
         }
     }

@@ -357,6 +357,7 @@ mod tests {
             limit_mbps: 200,
             uverbs: "/dev/infiniband/uverbs1".into(),
             rdma_cgroup: String::new(),
+            start_max_mbps: None,
         }
     }
 

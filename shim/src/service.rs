@@ -23,7 +23,7 @@ use ttrpc::{Code, MethodHandler, Request, Response, TtrpcContext};
 
 use crate::error::{Result, ShimError};
 use crate::options;
-use crate::pod::{decide, wanted_rate, Decision, RateState};
+use crate::pod::{decide, Decision, RateState};
 use crate::report::{Reporter, Target};
 use crate::settings::Settings;
 use crate::spec::Spec;
@@ -233,7 +233,7 @@ impl Proxy {
             (Some(sid), _) => (sid.to_string(), sibling(bundle, sid), spec.pod()),
             (None, _) => (id.to_string(), bundle.to_path_buf(), spec.pod()),
         };
-        let rate = wanted_rate(&rec);
+        let rate = rec.start_rate();
         let applied = self.limiter.set(&rec.pf, rec.vf, rate).map_err(|e| {
             ShimError::Refused(format!(
                 "cannot hold container {id} to its allocation, so it is not started: {e}"
@@ -492,6 +492,7 @@ mod tests {
             limit_mbps: 4_000,
             uverbs: "/dev/infiniband/uverbs1".into(),
             rdma_cgroup: String::new(),
+            start_max_mbps: None,
         }
         .to_json()
     }

@@ -30,9 +30,11 @@ const VFS: u32 = 4;
 const INTERVAL_MS: u64 = 1000;
 
 /// The simulated NIC's data path: every 5 ms each VF sends `min(demand, max_tx_rate)` (the line
-/// when no max is set) and its `tx_bytes` grows by that much.
+/// when no max is set) and its `tx_bytes` grows by that much. It also keeps the highest sum of the
+/// VFs' maxima it has seen (those set), to show the PF's bound held throughout.
 struct Wire {
     demand: Arc<Vec<AtomicU64>>,
+    peak_sum: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -41,11 +43,13 @@ impl Wire {
     fn start(nic: &Path) -> Wire {
         let demand: Arc<Vec<AtomicU64>> = Arc::new((0..VFS).map(|_| AtomicU64::new(0)).collect());
         let stop = Arc::new(AtomicBool::new(false));
-        let (d, s) = (demand.clone(), stop.clone());
+        let peak_sum = Arc::new(AtomicU64::new(0));
+        let (d, s, peak) = (demand.clone(), stop.clone(), peak_sum.clone());
         let limiter = SimulatedLimiter::new(nic);
         let thread = std::thread::spawn(move || {
             let mut bytes = [0f64; VFS as usize];
             let mut caps = [LINE; VFS as usize];
+            let mut maxima = [0u64; VFS as usize];
             let mut last = Instant::now();
             while !s.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(5));
@@ -58,6 +62,7 @@ impl Wire {
                     // empty, and then the last cap read holds.
                     if let Ok(r) = limiter.get(PF, vf) {
                         caps[vf as usize] = if r.max_mbps == 0 { LINE } else { r.max_mbps };
+                        maxima[vf as usize] = r.max_mbps;
                     }
                     let cap = caps[vf as usize];
                     bytes[vf as usize] += want.min(cap) as f64 * 1e6 / 8.0 * dt;
@@ -68,10 +73,12 @@ impl Wire {
                         let _ = std::fs::rename(&tmp, dir.join("stats"));
                     }
                 }
+                peak.fetch_max(maxima.iter().sum(), Ordering::SeqCst);
             }
         });
         Wire {
             demand,
+            peak_sum,
             stop,
             thread: Some(thread),
         }
@@ -79,6 +86,10 @@ impl Wire {
 
     fn set(&self, vf: u32, mbps: u64) {
         self.demand[vf as usize].store(mbps, Ordering::SeqCst);
+    }
+
+    fn peak_sum(&self) -> u64 {
+        self.peak_sum.load(Ordering::SeqCst)
     }
 }
 
@@ -231,12 +242,23 @@ async fn idle_guarantee_is_lent_and_taken_back_within_one_interval() {
     let wire = Wire::start(&n.nic());
     let ann = [(BW, "50Gbps"), (LIMIT, "100Gbps")];
 
-    // A sends as fast as it may from the start; B is started next to it and idles.
+    // A sends as fast as it may from the start and, alone on the PF, is given the whole line.
     let (pod_a, a) = n.pod("busy", &ann).await;
     wire.set(a.vf, LINE);
+    until("A to be given the idle line", WAIT, || {
+        (n.rate(a.vf).max_mbps == LINE).then_some(())
+    })
+    .await;
+    // B is started next to it and idles.
     let (pod_b, b) = n.pod("idle", &ann).await;
     assert_ne!(a.vf, b.vf);
     assert_eq!((a.guaranteed_mbps, a.limit_mbps), (50_000, 100_000));
+    // Steered pods start at their guarantee, and the controller took back A's loan before B's
+    // admission answered, so B's first rate fit (checked with the peak sum at the end).
+    assert_eq!(
+        (a.start_max_mbps, b.start_max_mbps),
+        (Some(50_000), Some(50_000))
+    );
 
     // B's idle guarantee is lent to A: A's max rises above its guarantee, B keeps a floor, and
     // the PF's sum stays within the line.
@@ -326,6 +348,11 @@ async fn idle_guarantee_is_lent_and_taken_back_within_one_interval() {
     assert!(!text.contains(&pod_b_label), "B's rows are gone:\n{text}");
 
     cri.stop_and_remove_pod(&pod_a).await.unwrap();
+    assert!(
+        wire.peak_sum() <= LINE,
+        "the PF's maxima added up to {} Mbps at some point, over its {LINE} Mbps line",
+        wire.peak_sum()
+    );
     drop(wire);
     n.cd.shutdown().await.unwrap();
 }

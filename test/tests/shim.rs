@@ -495,6 +495,7 @@ async fn container_without_its_allocation_is_refused() {
         limit_mbps: 100_000,
         uverbs: "/dev/infiniband/uverbs1".into(),
         rdma_cgroup: String::new(),
+        start_max_mbps: None,
     };
     let err = n
         .pod(
