@@ -76,6 +76,24 @@ pub struct ConserveConfig {
     /// The smallest max rate set on an idle VF, Mbps.
     #[serde(default = "default_floor_mbps")]
     pub floor_mbps: u64,
+    /// Where to serve the controller's Prometheus metrics (`GET /metrics`), e.g.
+    /// `"127.0.0.1:9464"`; the plugin's `--metrics-listen` wins over it. The only way to get them
+    /// from a plugin containerd pre-launches, which has no flags. Read when the node is set up.
+    #[serde(default, deserialize_with = "metrics_addr")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// `conserve.metrics_listen`, refused with its key and the accepted form (serde's own message for
+/// a socket address names neither).
+fn metrics_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "conserve.metrics_listen = {text:?} is not an IP:port address such as \"127.0.0.1:9464\""
+        ))
+    })
 }
 
 impl Default for ConserveConfig {
@@ -88,6 +106,7 @@ impl Default for ConserveConfig {
             limiter: None,
             lend_after: default_lend_after(),
             floor_mbps: default_floor_mbps(),
+            metrics_listen: None,
         }
     }
 }
@@ -379,6 +398,11 @@ mod tests {
         assert_eq!((c.interval_ms, c.tuning().headroom), (250, 0.95));
         let all = NodeConfig::from_toml("[conserve]\nenabled = true", "t").unwrap();
         assert!(all.conserve.controls(DEFAULT_POOL) && all.conserve.controls("x"));
+        let m = NodeConfig::from_toml("[conserve]\nmetrics_listen = \"127.0.0.1:9464\"", "t");
+        assert_eq!(
+            m.unwrap().conserve.metrics_listen,
+            Some(([127, 0, 0, 1], 9464).into())
+        );
     }
 
     #[test]
@@ -394,6 +418,10 @@ mod tests {
             ("[pf_speed]\nx = \"fast\"", "pf_speed.x"),
             ("[rdma_cgroup]\nhca_objects = 0", "hca_objects"),
             ("[conserve]\nheadroom = 1.2", "conserve.headroom"),
+            (
+                "[conserve]\nmetrics_listen = \"localhost\"",
+                "metrics_listen",
+            ),
             (
                 "admission_ratio = 0.9\n[conserve]\nheadroom = 0.8",
                 "no smaller than admission_ratio",

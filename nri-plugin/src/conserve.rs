@@ -647,11 +647,15 @@ impl Telemetry {
     }
 }
 
-/// Binds `addr` for `/metrics` (fails at once, so a taken port stops the daemon's start).
-pub async fn bind_metrics(addr: SocketAddr) -> Result<tokio::net::TcpListener, PluginError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| PluginError::Setup(format!("cannot listen for metrics on {addr}: {e}")))
+/// Binds `addr` for `/metrics` (fails at once, so a taken port stops the daemon's start). Needs
+/// the tokio runtime's context, as for any tokio socket.
+pub fn bind_metrics(addr: SocketAddr) -> Result<tokio::net::TcpListener, PluginError> {
+    let fail =
+        |e: std::io::Error| PluginError::Setup(format!("cannot listen for metrics on {addr}: {e}"));
+    // Bound synchronously: NRI Configure, which binds it in pre-launched mode, is not async.
+    let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    listener.set_nonblocking(true).map_err(fail)?;
+    tokio::net::TcpListener::from_std(listener).map_err(fail)
 }
 
 /// Serves `GET /metrics` on `listener` in the background.

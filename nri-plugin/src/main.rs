@@ -101,8 +101,8 @@ async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::default(),
     };
-    let metrics = match args.metrics_listen {
-        Some(addr) => Some(conserve::bind_metrics(addr).await?),
+    let metrics = match args.metrics_listen.or(cfg.conserve.metrics_listen) {
+        Some(addr) => Some(conserve::bind_metrics(addr)?),
         None => None,
     };
     let root = overrides.root(&cfg);

@@ -118,8 +118,16 @@ impl Plugin {
             Some(node) => node.set_config(cfg),
             None => {
                 let (root, state) = (self.overrides.root(&cfg), self.overrides.state_dir(&cfg));
+                let metrics = cfg.conserve.metrics_listen;
                 let node = Arc::new(NodeState::open(&root, &state, cfg)?);
-                spawn_background(node.clone(), root)?;
+                let telemetry = spawn_background(node.clone(), root)?;
+                if let Some(addr) = metrics {
+                    // Not fatal: the plugin must not fail Configure (containerd would exit).
+                    match crate::conserve::bind_metrics(addr) {
+                        Ok(l) => crate::conserve::serve_metrics(l, telemetry),
+                        Err(e) => error!(error = %e, "metrics are not served"),
+                    }
+                }
                 *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
                 Ok(())
             }

@@ -8,11 +8,7 @@ use serde_json::Value;
 /// One request to `http://<addr><path>`; (status, JSON body or Null). A webhook that is not up yet
 /// answers status 0.
 pub fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
+    let agent = agent();
     let url = format!("http://{addr}{path}");
     let sent = match (method, body) {
         ("GET", _) => agent.get(&url).call(),
@@ -30,6 +26,25 @@ pub fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16,
         }
         Err(_) => (0, Value::Null),
     }
+}
+
+/// `GET http://<addr><path>` as text (e.g. Prometheus metrics); status 0 when nothing answers.
+pub fn get_text(addr: &str, path: &str) -> (u16, String) {
+    match agent().get(&format!("http://{addr}{path}")).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
 /// Sum of the guaranteed bandwidth the webhook holds for `node`, if it knows the node.

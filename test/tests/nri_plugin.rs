@@ -434,18 +434,25 @@ async fn containerd_restart_is_survived() {
 
 #[tokio::test]
 async fn prelaunched_plugin_is_configured_by_containerd() {
-    // containerd starts the plugin itself, with no arguments: everything comes from its .conf.
+    // containerd starts the plugin itself, with no arguments: everything comes from its .conf,
+    // metrics too.
     let sim_parent = tempfile::tempdir().unwrap();
     let nic = sim_parent.path().join("nic");
     simulate_nic(&nic, 1, 2, "10G").unwrap();
     let state = sim_parent.path().join("state");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let mut opts = ContainerdOptions::default();
     opts.prelaunched_plugins
         .push((PLUGIN.into(), workspace_bin("conrdma-nri-plugin").unwrap()));
     opts.plugin_configs.push((
         format!("{PLUGIN}.conf"),
         format!(
-            "sysfs_root = {:?}\nstate_dir = {:?}\n[[pool]]\nname = \"pre\"\npfs = [\"ens1f0\"]\n",
+            "sysfs_root = {:?}\nstate_dir = {:?}\n[[pool]]\nname = \"pre\"\npfs = [\"ens1f0\"]\n\
+             [conserve]\nenabled = true\nlimiter = \"simulated\"\nmetrics_listen = {metrics:?}\n",
             nic, state
         ),
     ));
@@ -463,6 +470,12 @@ async fn prelaunched_plugin_is_configured_by_containerd() {
     let rec = allocation(&spec).expect("pre-launched plugin adjusted the container");
     assert_eq!((rec.pool.as_str(), rec.guaranteed_mbps), ("pre", 4_000));
     assert_eq!(Ledger::snapshot(&state).unwrap().len(), 1);
+    let (status, text) = conrdma_e2e::webhook::get_text(&metrics, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("conrdma_conserve_vf_steered{") && text.contains("pod=\"default/pre\""),
+        "{text}"
+    );
     let pod2 = cri
         .run_pod("pre2", "default", "uid-pre2", &[(BW, "7G")])
         .await
