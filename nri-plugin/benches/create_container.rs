@@ -134,14 +134,11 @@ fn run(state_parent: &Path, label: &str, steered: bool) {
 
 fn main() {
     println!("CreateContainer handling, 64 VFs on 4 PFs, {ROUNDS} fill/drain rounds");
-    if Path::new("/dev/shm").is_dir() {
-        run(Path::new("/dev/shm"), "state on tmpfs", false);
+    let disk = std::env::temp_dir();
+    let tmpfs = Some(Path::new("/dev/shm")).filter(|p| p.is_dir());
+    if let Some(t) = tmpfs {
+        run(t, "state on tmpfs", false);
     }
-    run(&std::env::temp_dir(), "state on disk", false);
-    let steered = if Path::new("/dev/shm").is_dir() {
-        Path::new("/dev/shm").to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    run(&steered, "steered by [conserve]", true);
+    run(&disk, "state on disk", false);
+    run(tmpfs.unwrap_or(&disk), "steered by [conserve]", true);
 }

@@ -136,7 +136,9 @@ impl NodeState {
                 rdma_cgroup_decision(self.cgroup, req, &cfg, &h.record.rdma_device);
             h.plugin_enforced = enforce;
             if cfg.conserve.controls(&h.record.pool) {
-                h.record.start_max_mbps = Some(h.record.guaranteed_mbps.max(1));
+                h.record.start_max_mbps = Some(conrdma_core::conserve::start_max_mbps(
+                    h.record.guaranteed_mbps,
+                ));
             }
         })?;
         if fresh && record.start_max_mbps.is_some() {

@@ -1,5 +1,5 @@
-//! Talking to the placement webhook from tests: JSON over loopback HTTP, and waiting for the
-//! webhook's view of a node to reach a value.
+//! HTTP from tests over loopback: the placement webhook's JSON (and waiting for its view of a node
+//! to reach a value), and plain-text endpoints such as the plugin's `/metrics`.
 
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,6 @@
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -201,18 +199,11 @@ impl Node {
     }
 }
 
-/// GET http://addr/path with a plain socket.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
+/// The plugin's `/metrics` exposition; anything but a 200 fails the test.
+fn scrape(addr: &str) -> String {
+    let (status, text) = conrdma_e2e::webhook::get_text(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    text
 }
 
 /// `name{labels} value` lines of a Prometheus exposition whose labels contain `needle`.
@@ -278,8 +269,7 @@ async fn idle_guarantee_is_lent_and_taken_back_within_one_interval() {
 
     // What it did is in the metrics.
     let addr = n.metrics_addr();
-    let text = http_get(&addr, "/metrics");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let text = scrape(&addr);
     let pod_a_label = format!("pod_id=\"{pod_a}\"");
     let pod_b_label = format!("pod_id=\"{pod_b}\"");
     assert!(metric(&text, "conrdma_conserve_vf_max_mbps", &pod_a_label).unwrap() > 90_000.0);
@@ -344,7 +334,7 @@ async fn idle_guarantee_is_lent_and_taken_back_within_one_interval() {
         VfRate::NONE,
         "the controller let go of B's VF"
     );
-    let text = http_get(&addr, "/metrics");
+    let text = scrape(&addr);
     assert!(!text.contains(&pod_b_label), "B's rows are gone:\n{text}");
 
     cri.stop_and_remove_pod(&pod_a).await.unwrap();
@@ -376,7 +366,7 @@ async fn pools_left_off_are_not_touched() {
         "the shim's rate"
     );
     assert_eq!(n.rate(b.vf), VfRate::new(50_000, 100_000));
-    let text = http_get(&n.metrics_addr(), "/metrics");
+    let text = scrape(&n.metrics_addr());
     assert!(!text.contains("conrdma_conserve_vf_max_mbps{"), "{text}");
     let others: HashMap<u32, VfRate> = (0..VFS)
         .filter(|v| *v != a.vf && *v != b.vf)
