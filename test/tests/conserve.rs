@@ -56,8 +56,7 @@ impl Wire {
                 last = now;
                 for vf in 0..VFS {
                     let want = d[vf as usize].load(Ordering::SeqCst);
-                    // The simulated limiter writes its files in place: a read can catch one
-                    // empty, and then the last cap read holds.
+                    // A VF being removed can vanish under the read: the last cap read holds.
                     if let Ok(r) = limiter.get(PF, vf) {
                         caps[vf as usize] = if r.max_mbps == 0 { LINE } else { r.max_mbps };
                         maxima[vf as usize] = r.max_mbps;
@@ -146,17 +145,9 @@ impl Node {
         self.sim.path().join("nic")
     }
 
-    /// The VF's rates (retried: the simulated limiter writes its files in place, so a read can
-    /// catch one half-written).
+    /// The VF's rates.
     fn rate(&self, vf: u32) -> VfRate {
-        let l = SimulatedLimiter::new(self.nic());
-        for _ in 0..100 {
-            if let Ok(r) = l.get(PF, vf) {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        l.get(PF, vf).unwrap()
+        SimulatedLimiter::new(self.nic()).get(PF, vf).unwrap()
     }
 
     fn plugin_log(&self) -> String {

@@ -1,13 +1,14 @@
 //! The simulated limiter: VF rates and counters as files under a root, where mlx5's legacy SR-IOV
 //! sysfs keeps them: `<root>/sys/class/net/<pf>/device/sriov/<vf>/min_tx_rate` and `max_tx_rate`
-//! (Mbps, 0 = none) and `stats` (`tx_bytes: N` lines). The files are written in place, as sysfs
-//! attributes are, so the same code drives mlx5's real files when the root is `/`.
+//! (Mbps, 0 = none) and `stats` (`tx_bytes: N` lines). On sysfs the files are written in place, as
+//! attributes must be, so the same code drives mlx5's real files when the root is `/`; elsewhere
+//! each write replaces the file whole, so readers in other processes never catch one empty.
 //!
 //! A VF directory without a `min_tx_rate` file stands for a driver that cannot guarantee a minimum
 //! (like igb): a requested minimum is then dropped and reported as not enforced.
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use super::{limiter_error, Applied, RateLimiter, VfCounters, VfRate};
@@ -73,8 +74,30 @@ impl SimulatedLimiter {
     }
 }
 
+/// Replaces the file whole (temp file + rename): the shim, the plugin, its controller and tests
+/// read these files from other processes while they change, and an in-place write of a regular
+/// file can be caught empty. sysfs attributes cannot be renamed over and are never seen half
+/// written, so there the write is in place.
 fn write_value(path: &Path, value: u64) -> Result<()> {
-    fs::write(path, format!("{value}\n")).map_err(|e| CoreError::io("writing", path, e))
+    use nix::sys::statfs::{statfs, SYSFS_MAGIC};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if statfs(dir).is_ok_and(|s| s.filesystem_type() == SYSFS_MAGIC) {
+        return fs::write(path, format!("{value}\n"))
+            .map_err(|e| CoreError::io("writing", path, e));
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| CoreError::io("creating a file in", dir, e))?;
+    tmp.write_all(format!("{value}\n").as_bytes())
+        .and_then(|_| {
+            // As readable as sysfs' own rate files (a temp file starts at 0600).
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+        })
+        .map_err(|e| CoreError::io("writing", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| CoreError::io("renaming into", path, e.error))?;
+    Ok(())
 }
 
 impl RateLimiter for SimulatedLimiter {
@@ -195,6 +218,42 @@ mod tests {
             .unwrap()
             .trim()
             .to_string()
+    }
+
+    #[test]
+    fn readers_never_see_a_rate_file_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        build(
+            dir.path(),
+            &SimOptions {
+                pfs: 1,
+                vfs_per_pf: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let writer = {
+            let l = SimulatedLimiter::new(dir.path());
+            std::thread::spawn(move || {
+                for i in 1..=2_000u64 {
+                    l.set("ens1f0", 0, VfRate::new(i, 2 * i)).unwrap();
+                }
+            })
+        };
+        let l = SimulatedLimiter::new(dir.path());
+        let mut reads = 0;
+        while !writer.is_finished() {
+            l.get("ens1f0", 0).unwrap();
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert!(reads > 0);
+        assert_eq!(l.get("ens1f0", 0).unwrap(), VfRate::new(2_000, 4_000));
+        let mode = std::fs::metadata(l.vf_dir("ens1f0", 0).join("max_tx_rate"))
+            .unwrap()
+            .permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o644);
     }
 
     #[test]
