@@ -9,6 +9,8 @@
 
 use std::fs;
 use std::io::{ErrorKind, Write};
+
+use nix::fcntl::{Flock, FlockArg};
 use std::path::{Path, PathBuf};
 
 use super::{limiter_error, Applied, RateLimiter, VfCounters, VfRate};
@@ -54,6 +56,18 @@ impl SimulatedLimiter {
         Err(limiter_error(pf, vf, reason, ErrorClass::NotFound))
     }
 
+    /// Both rate files, without locking (callers hold the VF's lock where there is one).
+    fn read_rate(&self, pf: &str, vf: u32, dir: &Path) -> Result<VfRate> {
+        Ok(VfRate {
+            min_mbps: self
+                .read_rate_file(pf, vf, &dir.join("min_tx_rate"))?
+                .unwrap_or(0),
+            max_mbps: self
+                .read_rate_file(pf, vf, &dir.join("max_tx_rate"))?
+                .unwrap_or(0),
+        })
+    }
+
     fn read_rate_file(&self, pf: &str, vf: u32, path: &Path) -> Result<Option<u64>> {
         match fs::read_to_string(path) {
             Ok(text) => text.trim().parse::<u64>().map(Some).map_err(|_| {
@@ -74,17 +88,34 @@ impl SimulatedLimiter {
     }
 }
 
-/// Replaces the file whole (temp file + rename): the shim, the plugin, its controller and tests
-/// read these files from other processes while they change, and an in-place write of a regular
-/// file can be caught empty. sysfs attributes cannot be renamed over and are never seen half
-/// written, so there the write is in place.
-fn write_value(path: &Path, value: u64) -> Result<()> {
+/// Whether `dir` is real sysfs (root `/` on a host with mlx5): attributes are written in place
+/// there and the kernel serialises them itself.
+fn on_sysfs(dir: &Path) -> bool {
     use nix::sys::statfs::{statfs, SYSFS_MAGIC};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    if statfs(dir).is_ok_and(|s| s.filesystem_type() == SYSFS_MAGIC) {
+    statfs(dir).is_ok_and(|s| s.filesystem_type() == SYSFS_MAGIC)
+}
+
+/// Off sysfs, an flock on the VF directory, so a reader sees a set's two files change together
+/// (shared for reads, exclusive for writes); the shim, the plugin, its controller and tests all
+/// use these files from different processes.
+fn lock_vf(dir: &Path, arg: FlockArg) -> Result<Option<Flock<fs::File>>> {
+    if on_sysfs(dir) {
+        return Ok(None);
+    }
+    let f = fs::File::open(dir).map_err(|e| CoreError::io("opening", dir, e))?;
+    Flock::lock(f, arg)
+        .map(Some)
+        .map_err(|(_, errno)| CoreError::io("locking", dir, std::io::Error::from(errno)))
+}
+
+/// Writes one rate file: in place on sysfs; elsewhere the file is replaced whole (temp file +
+/// rename), so a reader that does not take the lock (an older tool, `cat`) never sees it empty.
+fn write_value(path: &Path, value: u64, in_place: bool) -> Result<()> {
+    if in_place {
         return fs::write(path, format!("{value}\n"))
             .map_err(|e| CoreError::io("writing", path, e));
     }
+    let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| CoreError::io("creating a file in", dir, e))?;
     tmp.write_all(format!("{value}\n").as_bytes())
@@ -108,6 +139,8 @@ impl RateLimiter for SimulatedLimiter {
     fn set(&self, pf: &str, vf: u32, rate: VfRate) -> Result<Applied> {
         rate.check(pf, vf)?;
         let dir = self.existing_vf_dir(pf, vf)?;
+        let lock = lock_vf(&dir, FlockArg::LockExclusive)?;
+        let in_place = lock.is_none();
         let min_path = dir.join("min_tx_rate");
         let min_supported = min_path.exists();
         let mut applied = rate;
@@ -127,15 +160,15 @@ impl RateLimiter for SimulatedLimiter {
             .unwrap_or(0);
         let lower_min_first = current_max != 0 && applied.min_mbps <= current_max;
         if min_supported && lower_min_first {
-            write_value(&min_path, applied.min_mbps)?;
+            write_value(&min_path, applied.min_mbps, in_place)?;
         }
-        write_value(&dir.join("max_tx_rate"), applied.max_mbps)?;
+        write_value(&dir.join("max_tx_rate"), applied.max_mbps, in_place)?;
         if min_supported && !lower_min_first {
-            write_value(&min_path, applied.min_mbps)?;
+            write_value(&min_path, applied.min_mbps, in_place)?;
         }
         Ok(Applied {
             requested: rate,
-            applied: self.get(pf, vf)?,
+            applied: self.read_rate(pf, vf, &dir)?,
             min_enforced: rate.min_mbps == 0 || min_supported,
             note,
         })
@@ -143,14 +176,8 @@ impl RateLimiter for SimulatedLimiter {
 
     fn get(&self, pf: &str, vf: u32) -> Result<VfRate> {
         let dir = self.existing_vf_dir(pf, vf)?;
-        Ok(VfRate {
-            min_mbps: self
-                .read_rate_file(pf, vf, &dir.join("min_tx_rate"))?
-                .unwrap_or(0),
-            max_mbps: self
-                .read_rate_file(pf, vf, &dir.join("max_tx_rate"))?
-                .unwrap_or(0),
-        })
+        let _lock = lock_vf(&dir, FlockArg::LockShared)?;
+        self.read_rate(pf, vf, &dir)
     }
 
     fn counters(&self, pf: &str, vf: u32) -> Result<VfCounters> {
@@ -221,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn readers_never_see_a_rate_file_half_written() {
+    fn readers_never_see_a_rate_half_written() {
         let dir = tempfile::tempdir().unwrap();
         build(
             dir.path(),
@@ -243,7 +270,9 @@ mod tests {
         let l = SimulatedLimiter::new(dir.path());
         let mut reads = 0;
         while !writer.is_finished() {
-            l.get("ens1f0", 0).unwrap();
+            // Never an empty file, and never one file of a set without the other.
+            let r = l.get("ens1f0", 0).unwrap();
+            assert_eq!(r.max_mbps, 2 * r.min_mbps, "{r:?}");
             reads += 1;
         }
         writer.join().unwrap();
