@@ -91,10 +91,24 @@ fn run(flags: &Flags, bundle: &Path) -> Result<()> {
     }
     let client = ttrpc::Client::connect(&format!("unix://{}", child_socket.display()))
         .map_err(|e| ShimError::Child(format!("connecting to {}: {e}", child_socket.display())))?;
+    let child_service = match child::served_service(&client, &flags.id, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            cleanup();
+            return Err(e);
+        }
+    };
     let limiter: Arc<dyn conrdma_core::limiter::RateLimiter> = Arc::from(settings.limiter.build());
-    info!(child_pid = child.id(), runc_shim = %runc_shim.display(), limiter = limiter.kind(),
-          reports = settings.reports.is_some(), "proxy serving");
-    let proxy = Arc::new(Proxy::new(Box::new(client), settings, limiter));
+    info!(child_pid = child.id(), runc_shim = %runc_shim.display(), child_service,
+          limiter = limiter.kind(), reports = settings.reports.is_some(), "proxy serving");
+    let proxy = Arc::new(Proxy::new(
+        Box::new(client),
+        child_service,
+        settings,
+        limiter,
+    ));
     let mut server = ttrpc::Server::new()
         .add_listener(LISTEN_FD)
         .map_err(|e| ShimError::Child(format!("listening on fd {LISTEN_FD}: {e}")))?

@@ -1,6 +1,6 @@
 //! `containerd-shim-conrdma-v1`: containerd's runtime shim for pods with ConRDMA RDMA bandwidth.
 //!
-//! A thin task API v2 proxy over containerd's own `containerd-shim-runc-v2`, which keeps the
+//! A thin task API proxy over containerd's own `containerd-shim-runc-v2`, which keeps the
 //! whole container lifecycle (I/O, exec, tty, OOM, exit events, stats). The proxy adds what the
 //! pod's allocation needs: the VF's rate is set before the first container that carries
 //! `rdma.conrdma.io/allocation` is created, and reset when the pod's sandbox task is deleted
@@ -9,6 +9,7 @@
 //!
 //! Modes (argv, as containerd writes it): `start`, `delete`, and the server (no action).
 
+pub mod bootstrap;
 pub mod child;
 pub mod daemon;
 pub mod delete;
@@ -40,16 +41,16 @@ pub fn main_with(args: Vec<String>) -> i32 {
     };
     if flags.version {
         println!(
-            "containerd-shim-conrdma-v1 {} ({RUNTIME_TYPE}, task API v2 over containerd-shim-runc-v2)",
+            "containerd-shim-conrdma-v1 {} ({RUNTIME_TYPE}, task API v2 and v3 over containerd-shim-runc-v2)",
             env!("CARGO_PKG_VERSION")
         );
         return 0;
     }
     match flags.action.as_deref() {
         Some("start") => match start::start(&flags) {
-            Ok(address) => {
+            Ok(reply) => {
                 let mut out = std::io::stdout();
-                let _ = out.write_all(address.as_bytes());
+                let _ = out.write_all(&reply);
                 let _ = out.flush();
                 0
             }

@@ -83,6 +83,12 @@ fn type_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
 }
 
+/// Whether an `Any` is a runtime options message (ours or runc's), as opposed to another of the
+/// typed extensions containerd 2.3 puts beside them.
+pub fn is_options_type(url: &str) -> bool {
+    matches!(type_name(url), RUNTIMEOPTIONS_TYPE | RUNC_OPTIONS_TYPE)
+}
+
 /// The TOML text of our options table carried by an `Any`, or "" when there is none (ctr, or a
 /// runtime with no options table). The config file named by `config_path` is read when no body is
 /// inline.

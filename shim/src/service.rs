@@ -1,5 +1,8 @@
-//! The proxy: serves `containerd.task.v2.Task` and forwards every call to the runc shim child
-//! verbatim (payload, metadata, timeout), except that
+//! The proxy: serves the task API under both of its service names, `containerd.task.v2.Task`
+//! (what containerd 1.7 and, through its v2 client, 2.0-2.2 call) and `containerd.task.v3.Task`
+//! (2.3's bootstrap reply says version 3), and forwards every call to the runc shim child under
+//! the one name that child serves (v2 for 1.7's runc shim, v3 for 2.x's). The messages of the two
+//! versions are the same, so payload, metadata and timeout pass verbatim, except that
 //! - Create: the runtime options are translated for runc, and the container is checked against
 //!   the pod's request: a container bringing an allocation gets the pod's VF rate set first
 //!   (once per pod); one that should have brought one and did not is refused (fail closed);
@@ -28,7 +31,10 @@ use crate::report::{Reporter, Target};
 use crate::settings::Settings;
 use crate::spec::Spec;
 
-pub const SERVICE: &str = "containerd.task.v2.Task";
+pub const SERVICE_V2: &str = "containerd.task.v2.Task";
+pub const SERVICE_V3: &str = "containerd.task.v3.Task";
+/// Both names the proxy answers to.
+pub const SERVICES: [&str; 2] = [SERVICE_V2, SERVICE_V3];
 pub const METHODS: [&str; 17] = [
     "State",
     "Create",
@@ -85,6 +91,8 @@ struct PodState {
 
 pub struct Proxy {
     upstream: Box<dyn Upstream>,
+    /// The task service name the child serves; every forwarded call is re-addressed to it.
+    child_service: String,
     settings: Settings,
     limiter: Arc<dyn RateLimiter>,
     state: Mutex<PodState>,
@@ -97,11 +105,13 @@ fn status_response(code: Code, msg: String) -> Response {
 impl Proxy {
     pub fn new(
         upstream: Box<dyn Upstream>,
+        child_service: &str,
         settings: Settings,
         limiter: Arc<dyn RateLimiter>,
     ) -> Proxy {
         Proxy {
             upstream,
+            child_service: child_service.to_string(),
             settings,
             limiter,
             state: Mutex::new(PodState::default()),
@@ -112,16 +122,17 @@ impl Proxy {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The ttrpc method table, keyed `/containerd.task.v2.Task/<Method>`.
+    /// The ttrpc method table, keyed `/<service>/<Method>` for both service names.
     pub fn methods(self: &Arc<Self>) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
-        METHODS
+        SERVICES
             .iter()
-            .map(|m| {
+            .flat_map(|svc| METHODS.iter().map(move |m| (svc, m)))
+            .map(|(svc, m)| {
                 let h: Box<dyn MethodHandler + Send + Sync> = Box::new(Handler {
                     method: m,
                     proxy: self.clone(),
                 });
-                (format!("/{SERVICE}/{m}"), h)
+                (format!("/{svc}/{m}"), h)
             })
             .collect()
     }
@@ -136,7 +147,10 @@ impl Proxy {
         }
     }
 
-    fn forward(&self, method: &str, req: Request) -> Response {
+    fn forward(&self, method: &str, mut req: Request) -> Response {
+        if req.service != self.child_service {
+            req.service.clone_from(&self.child_service);
+        }
         match self.upstream.call(req) {
             Ok(res) => res,
             Err(ttrpc::Error::RpcStatus(s)) => Response::init_status(s),
@@ -394,6 +408,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         calls: Mutex<Vec<(String, Vec<u8>)>>,
+        services: Mutex<Vec<String>>,
     }
 
     impl Upstream for Arc<Fake> {
@@ -402,6 +417,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((req.method.clone(), req.payload.clone()));
+            self.services.lock().unwrap().push(req.service.clone());
             let mut res = Response::init_status(ttrpc::get_status(Code::OK, ""));
             if req.method == "Connect" {
                 let mut c = ConnectResponse::new();
@@ -414,7 +430,7 @@ mod tests {
     }
 
     fn request(method: &str, msg: &dyn protobuf::MessageDyn) -> Request {
-        let mut r = Request::init_request(SERVICE.into(), method.into(), 0, vec![]);
+        let mut r = Request::init_request(SERVICE_V2.into(), method.into(), 0, vec![]);
         r.payload = msg.write_to_bytes_dyn().unwrap();
         r
     }
@@ -447,7 +463,7 @@ mod tests {
         .unwrap();
         let limiter: Arc<dyn RateLimiter> = Arc::from(settings.limiter.build());
         let fake = Arc::new(Fake::default());
-        let proxy = Proxy::new(Box::new(fake.clone()), settings, limiter);
+        let proxy = Proxy::new(Box::new(fake.clone()), SERVICE_V3, settings, limiter);
         World {
             _dir: dir,
             nic,
@@ -593,7 +609,23 @@ mod tests {
             .handle("Pids", request("Pids", &ConnectRequest::new()));
         assert!(ok(&r));
         assert_eq!(w.fake.calls.lock().unwrap().len(), n + 1);
+        // Calls came in under the v2 name and went to the child under the one it serves.
+        let services = w.fake.services.lock().unwrap().clone();
+        assert!(services.iter().all(|s| s == SERVICE_V3), "{services:?}");
         w.proxy.finish(Duration::from_millis(10));
+    }
+
+    #[test]
+    fn both_task_service_names_are_served() {
+        let w = world();
+        let proxy = Arc::new(w.proxy);
+        let table = proxy.methods();
+        assert_eq!(table.len(), 2 * METHODS.len());
+        for svc in SERVICES {
+            for m in METHODS {
+                assert!(table.contains_key(&format!("/{svc}/{m}")), "/{svc}/{m}");
+            }
+        }
     }
 
     #[test]

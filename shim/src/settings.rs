@@ -191,17 +191,22 @@ impl Settings {
         })
     }
 
-    /// The runc shim binary: `runc_shim` if set, else `containerd-shim-runc-v2` from `PATH`,
-    /// then beside containerd (`publish_binary`), then beside this binary.
+    /// The runc shim binary: `runc_shim` if set, else `containerd-shim-runc-v2` beside containerd
+    /// (`publish_binary`), then from `PATH`, then beside this binary.
     pub fn runc_shim_path(&self, publish_binary: &str) -> Result<PathBuf> {
         if let Some(p) = &self.runc_shim {
             return Ok(p.clone());
         }
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        if let Some(d) = Path::new(publish_binary).parent() {
-            dirs.push(d.to_path_buf());
+        // Beside the containerd that launched us first: its runc shim speaks its task API
+        // version (a 1.7 shim found first in PATH would not serve a 2.x containerd well).
+        let mut dirs: Vec<PathBuf> = Path::new(publish_binary)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect();
+        if let Some(p) = std::env::var_os("PATH") {
+            dirs.extend(std::env::split_paths(&p));
         }
         if let Some(d) = std::env::current_exe()
             .ok()
@@ -214,7 +219,7 @@ impl Settings {
             .find(|p| is_executable(p))
             .ok_or_else(|| {
                 ShimError::Config(format!(
-                    "{RUNC_SHIM} not found in PATH or beside containerd; install it or set runc_shim"
+                    "{RUNC_SHIM} not found beside containerd or in PATH; install it or set runc_shim"
                 ))
             })
     }

@@ -1,6 +1,7 @@
-//! `start`: find or launch the pod's proxy and print its address.
+//! `start`: find or launch the pod's proxy and print its address in the form the calling
+//! containerd line expects (see [`crate::bootstrap`]).
 //!
-//! containerd reads stdout and stderr combined as the answer, so nothing but the address (or, on
+//! containerd reads stdout and stderr combined as the answer, so nothing but the reply (or, on
 //! failure, one error line) may be printed, and the launched server gets /dev/null for both.
 
 use std::io::Read;
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use protobuf::well_known_types::any::Any;
+
+use crate::bootstrap::StartInput;
 use crate::daemon::{CONFIG_ENV, LISTEN_FD};
 use crate::error::{Result, ShimError};
 use crate::flags::Flags;
@@ -74,13 +78,20 @@ pub fn write_address(bundle: &Path, address: &str) -> Result<()> {
         .map_err(|e| ShimError::io(format!("writing {}", path.display()), e))
 }
 
-pub fn start(flags: &Flags) -> Result<String> {
+/// Returns the bytes to print: the address, or containerd 2.3's `BootstrapResult`.
+pub fn start(flags: &Flags) -> Result<Vec<u8>> {
     flags.require(&["namespace", "id", "address"])?;
-    let bundle = std::env::current_dir().map_err(|e| ShimError::io("reading the cwd", e))?;
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
-    let any = options::any_from_bytes(&stdin)?;
-    let settings = Settings::from_toml(&options::settings_text(any.as_ref())?)?;
+    let input = StartInput::parse(&stdin, &flags.id, &flags.namespace)?;
+    let address = launch(flags, input.options().as_ref())?;
+    input.reply(&address)
+}
+
+/// Finds the group's running proxy or launches one; returns its `unix://` address.
+fn launch(flags: &Flags, options: Option<&Any>) -> Result<String> {
+    let bundle = std::env::current_dir().map_err(|e| ShimError::io("reading the cwd", e))?;
+    let settings = Settings::from_toml(&options::settings_text(options)?)?;
     let runc_shim = settings.runc_shim_path(&flags.publish_binary)?;
     let _ = std::fs::write(
         bundle.join(RUNC_SHIM_FILE),
