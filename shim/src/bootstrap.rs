@@ -9,7 +9,8 @@
 //! 1.7 refuses any JSON version above 2, and 2.0-2.2 set the same `MAX_SHIM_VERSION=2` as 1.7, so
 //! before 2.3 nothing tells the lines apart: the reply is the plain address, which both drive as
 //! task API v2 (2.x through its v2 client). Under 2.3 the reply is version 3. The proxy serves both
-//! service names either way, so the version containerd picks only names the client it uses.
+//! service names either way, so the version containerd picks only names the client it uses. The
+//! `task_api` setting overrides the version (3 makes 2.0-2.2 use their v3 client too).
 
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
@@ -61,13 +62,21 @@ impl StartInput {
         }
     }
 
-    /// The bytes `start` prints for a shim serving at `address` (`unix:///...`).
-    pub fn reply(&self, address: &str) -> Result<Vec<u8>> {
-        match self {
-            StartInput::Legacy(_) => Ok(address.as_bytes().to_vec()),
-            StartInput::Bootstrap(_) => {
+    /// The bytes `start` prints for a shim serving at `address` (`unix:///...`). `task_api` is the
+    /// `task_api` setting: before 2.3, unset or 2 is the plain address and 3 the JSON form 2.0-2.2
+    /// accept (1.7 refuses it); to 2.3+, the version in the `BootstrapResult` (default 3).
+    pub fn reply(&self, address: &str, task_api: Option<i32>) -> Result<Vec<u8>> {
+        match (self, task_api) {
+            (StartInput::Legacy(_), None | Some(2)) => Ok(address.as_bytes().to_vec()),
+            (StartInput::Legacy(_), Some(version)) => serde_json::to_vec(&serde_json::json!({
+                "version": version,
+                "address": address,
+                "protocol": "ttrpc",
+            }))
+            .map_err(|e| ShimError::Invalid(format!("encoding the bootstrap reply: {e}"))),
+            (StartInput::Bootstrap(_), version) => {
                 let mut r = BootstrapResult::new();
-                r.version = TASK_API_VERSION;
+                r.version = version.unwrap_or(TASK_API_VERSION);
                 r.address = address.to_string();
                 r.protocol = "ttrpc".into();
                 r.write_to_bytes()
@@ -119,13 +128,21 @@ mod tests {
         let got = StartInput::parse(&bytes, "sb1", "k8s.io").unwrap();
         assert_eq!(got, StartInput::Legacy(Some(any.clone())));
         assert_eq!(got.options(), Some(any.clone()));
-        assert_eq!(got.reply("unix:///s/x").unwrap(), b"unix:///s/x");
+        assert_eq!(got.reply("unix:///s/x", None).unwrap(), b"unix:///s/x");
+        assert_eq!(got.reply("unix:///s/x", Some(2)).unwrap(), b"unix:///s/x");
+        let json: serde_json::Value =
+            serde_json::from_slice(&got.reply("unix:///s/x", Some(3)).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"version": 3, "address": "unix:///s/x", "protocol": "ttrpc"})
+        );
 
         let p = params("sb1", "k8s.io", vec![any.clone()]);
         let got = StartInput::parse(&p.write_to_bytes().unwrap(), "sb1", "k8s.io").unwrap();
         assert!(matches!(got, StartInput::Bootstrap(_)));
         assert_eq!(got.options(), Some(any));
-        let r = BootstrapResult::parse_from_bytes(&got.reply("unix:///s/x").unwrap()).unwrap();
+        let r =
+            BootstrapResult::parse_from_bytes(&got.reply("unix:///s/x", None).unwrap()).unwrap();
         assert_eq!(
             (r.version, r.address.as_str(), r.protocol.as_str()),
             (3, "unix:///s/x", "ttrpc")

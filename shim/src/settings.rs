@@ -42,6 +42,7 @@ struct Raw {
     limiter: Option<String>,
     sysfs_root: Option<PathBuf>,
     runc_shim: Option<PathBuf>,
+    task_api: Option<i64>,
     // runc's own options (containerd's names for containerd.runc.v1.Options), passed through.
     #[serde(rename = "NoPivotRoot")]
     no_pivot_root: Option<bool>,
@@ -87,6 +88,9 @@ pub struct Settings {
     pub runc: Option<RuncOptions>,
     /// Explicit path of the runc shim binary; None = look it up.
     pub runc_shim: Option<PathBuf>,
+    /// The task API version `start` reports (`task_api`, 2 or 3). None: version 2 as a plain
+    /// address before containerd 2.3 (the one reply 1.7 and 2.0-2.2 both take), 3 to 2.3+.
+    pub task_api: Option<i32>,
     /// The TOML text these settings came from (handed to the server process verbatim).
     pub source: String,
 }
@@ -98,6 +102,7 @@ impl Default for Settings {
             limiter: LimiterSpec::Netlink,
             runc: None,
             runc_shim: None,
+            task_api: None,
             source: String::new(),
         }
     }
@@ -107,7 +112,7 @@ impl Settings {
     pub fn from_toml(text: &str) -> Result<Settings> {
         let raw: Raw = toml::from_str(text).map_err(|e| {
             ShimError::Config(format!(
-                "{}; accepted keys: webhook_url, credential_file, ca_file, report_interval, node_name, spool_dir, spool_max_reports, limiter, sysfs_root, runc_shim and runc's NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid, BinaryName, Root, SystemdCgroup, CriuImagePath, CriuWorkPath",
+                "{}; accepted keys: webhook_url, credential_file, ca_file, report_interval, node_name, spool_dir, spool_max_reports, limiter, sysfs_root, runc_shim, task_api and runc's NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid, BinaryName, Root, SystemdCgroup, CriuImagePath, CriuWorkPath",
                 one_line(&e.to_string())
             ))
         })?;
@@ -187,6 +192,15 @@ impl Settings {
             limiter,
             runc: any.then_some(runc),
             runc_shim: raw.runc_shim,
+            task_api: match raw.task_api {
+                None => None,
+                Some(v @ (2 | 3)) => Some(v as i32),
+                Some(v) => {
+                    return Err(ShimError::Config(format!(
+                        "task_api = {v} is not a task API version; accepted: 2 (containerd 1.7 and 2.x) or 3 (2.x only)"
+                    )))
+                }
+            },
             source: text.to_string(),
         })
     }
@@ -340,6 +354,10 @@ mod tests {
             (
                 "webhook_url = \"http://h/\"\nreport_interval = \"5 fortnights\"",
                 "not a duration",
+            ),
+            (
+                "task_api = 4",
+                "accepted: 2 (containerd 1.7 and 2.x) or 3 (2.x only)",
             ),
             (
                 "webhook_url = \"http://h/\"\nreport_interval = \"10ms\"",

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use protobuf::well_known_types::any::Any;
-
 use crate::bootstrap::StartInput;
 use crate::daemon::{CONFIG_ENV, LISTEN_FD};
 use crate::error::{Result, ShimError};
@@ -84,14 +82,14 @@ pub fn start(flags: &Flags) -> Result<Vec<u8>> {
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let input = StartInput::parse(&stdin, &flags.id, &flags.namespace)?;
-    let address = launch(flags, input.options().as_ref())?;
-    input.reply(&address)
+    let settings = Settings::from_toml(&options::settings_text(input.options().as_ref())?)?;
+    let address = launch(flags, &settings)?;
+    input.reply(&address, settings.task_api)
 }
 
 /// Finds the group's running proxy or launches one; returns its `unix://` address.
-fn launch(flags: &Flags, options: Option<&Any>) -> Result<String> {
+fn launch(flags: &Flags, settings: &Settings) -> Result<String> {
     let bundle = std::env::current_dir().map_err(|e| ShimError::io("reading the cwd", e))?;
-    let settings = Settings::from_toml(&options::settings_text(options)?)?;
     let runc_shim = settings.runc_shim_path(&flags.publish_binary)?;
     let _ = std::fs::write(
         bundle.join(RUNC_SHIM_FILE),

@@ -61,6 +61,14 @@ pub fn shim_runtime(name: &str, nic: &Path, runc_root: &Path) -> RuntimeHandler 
         "Root".into(),
         runc_root.to_string_lossy().into_owned().into(),
     );
+    // `CONRDMA_SHIM_TASK_API=3` runs the shim as a version-3 shim on containerd 2.x (the JSON
+    // bootstrap reply), the mode 2.3 drives it in, so the same tests cover both versions.
+    if let Some(v) = std::env::var("CONRDMA_SHIM_TASK_API")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    {
+        h.options.insert("task_api".into(), v.into());
+    }
     h
 }
 
