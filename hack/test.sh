@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every ConRDMA test on this machine: unit and integration tests, the end-to-end tests on a
-# real containerd 1.7 + runc (driven through CRI), and the real-kernel VM tier.
+# real containerd + runc (driven through CRI) against both containerd lines -- 2.x (Debian sid,
+# everything) and then 1.7 (Debian trixie, the host e2e targets) -- and the real-kernel VM tier.
 # Installs what it needs first (hack/install-deps.sh), so it works on a fresh Debian bookworm box.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,25 @@ fi
 bash hack/install-deps.sh
 # The e2e tests start the project's own binaries; build them once, then every test target.
 cargo build --locked --workspace --bins
-cargo test --locked --workspace
+
+# which_containerd LINE: the containerd binary the harness picks for CONRDMA_CONTAINERD=LINE
+# (prefixes as in test/src/deps.rs), and its --version.
+which_containerd() {
+  local prefix version
+  case "$1" in
+    1.7) prefix=${CONRDMA_DEPS:-/opt/conrdma-deps} ;;
+    *) prefix=${CONRDMA_DEPS2:-/opt/conrdma-deps-2} ;;
+  esac
+  version=$("$prefix/usr/bin/containerd" --version) # captured whole: no SIGPIPE under pipefail
+  echo "hack/test.sh: CONRDMA_CONTAINERD=$1 -> $prefix/usr/bin/containerd: $version"
+}
+
+which_containerd 2.1
+CONRDMA_CONTAINERD=2.1 cargo test --locked --workspace
+# The host end-to-end targets again on containerd 1.7 (kept supported alongside 2.x).
+which_containerd 1.7
+CONRDMA_CONTAINERD=1.7 cargo test --locked -p conrdma-e2e \
+  --test nri_plugin --test shim --test conserve --test node_reports --test harness
 # The real-kernel tier: a VM with an SR-IOV NIC (QEMU igb), Soft-RoCE and the rdma cgroup.
 results=${CONRDMA_VM_RESULTS:-target/conrdma-vm/results}
 rc=0

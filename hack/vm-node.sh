@@ -95,6 +95,8 @@ printf '%s\n' "$command" >"$results/.command"
   q CONRDMA_VM_STAGE "$stage"
   q CONRDMA_VM_CHECKOUT "$repo"
   q CONRDMA_VM_VFS "${CONRDMA_VM_VFS:-4}"
+  # The VM node runs the containerd line nodes run today unless the caller picks another.
+  q CONRDMA_CONTAINERD "${CONRDMA_CONTAINERD:-2.1}"
   [ -d "$stage/bin" ] && q CONRDMA_BIN_DIR "${CONRDMA_BIN_DIR:-$stage/bin}"
   q RUST_BACKTRACE "${RUST_BACKTRACE:-1}"
   q RUST_LOG "${RUST_LOG:-info}"

@@ -234,6 +234,13 @@ pub fn water_fill(budget: u64, alloc: &mut [u64], target: &[u64]) -> u64 {
     left
 }
 
+/// The maximum a steered VF starts at, before the controller has seen it send: its guarantee,
+/// at least 1 Mbps (0 would mean no limit). Admission records it; [`plan`] counts a VF whose
+/// runtime has not written it yet at this.
+pub fn start_max_mbps(guarantee_mbps: u64) -> u64 {
+    guarantee_mbps.max(1)
+}
+
 /// The maxima for one PF's VFs, in input order (pinned VFs keep their current maximum).
 ///
 /// Invariants (checked by the tests, for any input):
@@ -244,13 +251,6 @@ pub fn water_fill(budget: u64, alloc: &mut [u64], target: &[u64]) -> u64 {
 ///   at least its guarantee whenever the guarantees fit (the ledger's admission sees to that);
 /// - no capacity is left idle while a VF is below its limit (work conservation), apart from the
 ///   deadband.
-/// The maximum a steered VF starts at, before the controller has seen it send: its guarantee,
-/// at least 1 Mbps (0 would mean no limit). Admission records it; [`plan`] counts a VF whose
-/// runtime has not written it yet at this.
-pub fn start_max_mbps(guarantee_mbps: u64) -> u64 {
-    guarantee_mbps.max(1)
-}
-
 pub fn plan(line_mbps: u64, vfs: &[VfInput], t: &Tuning) -> Vec<VfPlan> {
     let capacity = t.capacity(line_mbps);
     let pinned: u64 = vfs

@@ -12,7 +12,7 @@ set -uo pipefail
 results=${1:?usage: guest.sh RESULTS_DIR}
 t_start=$(date +%s.%N)
 read -r kernel_uptime _ </proc/uptime
-export PATH=/opt/conrdma-deps/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/opt/conrdma-deps-2/usr/bin:/opt/conrdma-deps/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # shellcheck disable=SC1091
 . "$results/.guest-env"
 here=$(cd "$(dirname "$0")" && pwd)

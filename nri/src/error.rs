@@ -19,12 +19,23 @@ pub enum NriError {
     #[error("cannot determine the NRI plugin id: set NRI_PLUGIN_NAME and NRI_PLUGIN_IDX or name the binary NN-name")]
     NoPluginId,
 
-    /// An event mask uses bits that NRI v0.6.1 does not define.
-    #[error("invalid NRI event mask {0:#x}: only bits within 0x7ff are defined")]
+    /// An event mask uses bits that no supported NRI version defines.
+    #[error(
+        "invalid NRI event mask {0:#x}: only bits within 0x3fff (NRI v0.12 events) are defined"
+    )]
     InvalidEventMask(u32),
 
+    /// None of the events a plugin wants exist at the runtime's NRI level.
+    #[error("none of the NRI events {wanted:#x} exist in the runtime's NRI {nri}: it knows only 0x7ff before v0.10.0")]
+    NoEventsAtLevel {
+        /// The wanted mask.
+        wanted: u32,
+        /// The runtime's NRI version.
+        nri: crate::level::Version,
+    },
+
     /// An event name in a mask list is not known.
-    #[error("unknown NRI event name {0:?}")]
+    #[error("unknown NRI event name {0:?}: expected an NRI event such as CreateContainer or RemovePodSandbox, or all")]
     UnknownEventName(String),
 
     /// NRI_PLUGIN_SOCKET does not hold a descriptor number.
@@ -113,6 +124,12 @@ impl RpcError {
     /// RESOURCE_EXHAUSTED: not enough of a resource is left.
     pub fn resource_exhausted(message: impl Into<String>) -> Self {
         Self::new(ttrpc::Code::RESOURCE_EXHAUSTED, message)
+    }
+
+    /// UNIMPLEMENTED: the plugin does not serve this call. NRI v0.12+
+    /// runtimes then fall back to StateChange where the call has one.
+    pub fn unimplemented(message: impl Into<String>) -> Self {
+        Self::new(ttrpc::Code::UNIMPLEMENTED, message)
     }
 
     /// INTERNAL: a bug or broken invariant in the plugin.

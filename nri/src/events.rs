@@ -9,9 +9,11 @@ use crate::generated::api::Event;
 
 /// A set of NRI events, as sent in ConfigureResponse.events.
 ///
-/// Event `N` is bit `1 << (N - 1)`. containerd reads an empty mask (0) as
-/// "all events" and rejects any bit above [`EventMask::ALL`], so a mask can
-/// only be built from defined bits.
+/// Event `N` is bit `1 << (N - 1)`. A runtime reads an empty mask (0) as
+/// "every event I know" and rejects any bit it does not know: v0.6.1-v0.9
+/// know [`EventMask::V0_6_EVENTS`], v0.10+ [`EventMask::ALL`]. A mask can only
+/// be built from bits defined in [`EventMask::ALL`]; the session clips it to
+/// the runtime's level (see [`crate::RuntimeLevel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EventMask(u32);
 
@@ -38,11 +40,20 @@ impl EventMask {
     pub const STOP_CONTAINER: Self = Self(1 << 9);
     /// RemoveContainer, delivered through StateChange.
     pub const REMOVE_CONTAINER: Self = Self(1 << 10);
-    /// Every event NRI v0.6.1 defines (0x7ff).
-    pub const ALL: Self = Self(0x7ff);
+    /// UpdatePodSandbox (v0.10+), delivered as its own RPC only: there is no
+    /// StateChange fallback.
+    pub const UPDATE_POD_SANDBOX: Self = Self(1 << 11);
+    /// PostUpdatePodSandbox (v0.10+), through StateChange before v0.12.
+    pub const POST_UPDATE_POD_SANDBOX: Self = Self(1 << 12);
+    /// ValidateContainerAdjustment (v0.10+), as its own RPC only.
+    pub const VALIDATE_CONTAINER_ADJUSTMENT: Self = Self(1 << 13);
+    /// Every event NRI v0.6.1 to v0.9 define (0x7ff).
+    pub const V0_6_EVENTS: Self = Self(0x7ff);
+    /// Every event the newest supported NRI (v0.12) defines (0x3fff).
+    pub const ALL: Self = Self(0x3fff);
 
     /// Builds a mask from raw bits, refusing bits outside [`EventMask::ALL`].
-    /// 0 is accepted: containerd treats it as "all events".
+    /// 0 is accepted: it stands for "all events".
     pub fn from_bits(bits: u32) -> Result<Self, NriError> {
         if bits & !Self::ALL.0 != 0 {
             return Err(NriError::InvalidEventMask(bits));
@@ -61,6 +72,21 @@ impl EventMask {
     /// Raw bits.
     pub const fn bits(self) -> u32 {
         self.0
+    }
+
+    /// True if no bit is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The bits set in both.
+    pub const fn intersection(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// The bits of `self` that are not in `other`.
+    pub const fn difference(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
     }
 
     /// True if every bit of `other` is set in `self`.
@@ -98,7 +124,7 @@ impl fmt::Display for EventMask {
 }
 
 /// Names accepted by [`EventMask::from_str`], in enum order.
-const NAMES: [(&str, EventMask); 11] = [
+const NAMES: [(&str, EventMask); 14] = [
     ("runpodsandbox", EventMask::RUN_POD_SANDBOX),
     ("stoppodsandbox", EventMask::STOP_POD_SANDBOX),
     ("removepodsandbox", EventMask::REMOVE_POD_SANDBOX),
@@ -110,6 +136,12 @@ const NAMES: [(&str, EventMask); 11] = [
     ("postupdatecontainer", EventMask::POST_UPDATE_CONTAINER),
     ("stopcontainer", EventMask::STOP_CONTAINER),
     ("removecontainer", EventMask::REMOVE_CONTAINER),
+    ("updatepodsandbox", EventMask::UPDATE_POD_SANDBOX),
+    ("postupdatepodsandbox", EventMask::POST_UPDATE_POD_SANDBOX),
+    (
+        "validatecontaineradjustment",
+        EventMask::VALIDATE_CONTAINER_ADJUSTMENT,
+    ),
 ];
 
 impl FromStr for EventMask {
@@ -156,6 +188,10 @@ mod tests {
             EventMask::of(Event::REMOVE_CONTAINER),
             Some(EventMask(0x400))
         );
+        assert_eq!(
+            EventMask::of(Event::VALIDATE_CONTAINER_ADJUSTMENT),
+            Some(EventMask(0x2000))
+        );
         assert_eq!(EventMask::of(Event::UNKNOWN), None);
         assert_eq!(EventMask::of(Event::LAST), None);
         let all = NAMES.iter().fold(EventMask(0), |m, (_, b)| m | *b);
@@ -166,9 +202,10 @@ mod tests {
     fn from_bits_rejects_undefined_bits() {
         assert!(EventMask::from_bits(0).is_ok());
         assert!(EventMask::from_bits(0x7ff).is_ok());
+        assert!(EventMask::from_bits(0x3fff).is_ok());
         assert!(matches!(
-            EventMask::from_bits(0x800),
-            Err(NriError::InvalidEventMask(0x800))
+            EventMask::from_bits(0x4000),
+            Err(NriError::InvalidEventMask(0x4000))
         ));
         assert!(EventMask::from_bits(0x8000_0001).is_err());
     }

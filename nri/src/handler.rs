@@ -5,6 +5,8 @@ use crate::events::EventMask;
 use crate::generated::api::{
     ConfigureRequest, ContainerUpdate, CreateContainerRequest, CreateContainerResponse,
     StateChangeEvent, StopContainerRequest, SynchronizeRequest, UpdateContainerRequest,
+    UpdatePodSandboxRequest, ValidateContainerAdjustmentRequest,
+    ValidateContainerAdjustmentResponse,
 };
 
 /// Plugin behaviour, called for requests containerd sends on connection 1.
@@ -16,12 +18,16 @@ use crate::generated::api::{
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// First request of every session. Returns the events to subscribe to
-    /// (bit = 1 << (event - 1); an empty mask means all events).
+    /// (bit = 1 << (event - 1); an empty mask means all events but
+    /// validation). The session drops events the runtime's NRI level does
+    /// not know (see [`crate::RuntimeLevel::subscription`]).
     async fn configure(&self, req: ConfigureRequest) -> Result<EventMask, RpcError>;
 
     /// Full pod and container state; external plugins get it after every
-    /// (re)connect, pre-launched ones never in containerd 1.7.24. Returned
-    /// updates are applied to existing containers.
+    /// (re)connect, pre-launched ones never in containerd 1.7.24. A runtime
+    /// may split it over several calls (`more`); the session collects the
+    /// parts and calls this once, with all of them and `more` false.
+    /// Returned updates are applied to existing containers.
     async fn synchronize(&self, req: SynchronizeRequest) -> Result<Vec<ContainerUpdate>, RpcError>;
 
     /// A container is being created: return adjustments for it and updates
@@ -47,9 +53,29 @@ pub trait Handler: Send + Sync + 'static {
         Ok(vec![])
     }
 
-    /// Any other subscribed event (pod events, start, post-*, remove).
+    /// Any other subscribed event (pod events, start, post-*, remove),
+    /// whether the runtime sent it through StateChange (before v0.12) or
+    /// through its dedicated RPC (v0.12+).
     async fn state_change(&self, _ev: StateChangeEvent) -> Result<(), RpcError> {
         Ok(())
+    }
+
+    /// A pod's resources are being updated (v0.10+; only sent when
+    /// subscribed, and it has no StateChange fallback).
+    async fn update_pod_sandbox(&self, _req: UpdatePodSandboxRequest) -> Result<(), RpcError> {
+        Ok(())
+    }
+
+    /// The final check of all plugins' adjustments (v0.10+; only sent when
+    /// subscribed explicitly). Not served by default: the runtime would
+    /// fail the container.
+    async fn validate_container_adjustment(
+        &self,
+        _req: ValidateContainerAdjustmentRequest,
+    ) -> Result<ValidateContainerAdjustmentResponse, RpcError> {
+        Err(RpcError::unimplemented(
+            "this plugin does not validate container adjustments",
+        ))
     }
 
     /// The runtime asked the plugin to shut down (containerd 1.7.24 never

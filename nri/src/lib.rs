@@ -1,5 +1,7 @@
-//! NRI (containerd Node Resource Interface) plugin protocol, as spoken by
-//! containerd 1.7.24 (NRI v0.6.1).
+//! NRI (containerd Node Resource Interface) plugin protocol, from NRI v0.6.1
+//! (containerd 1.7.24) to v0.12 (containerd 2.3). The session finds the
+//! runtime's level at Configure ([`RuntimeLevel`]) and only subscribes to
+//! events that level knows.
 //!
 //! A plugin implements [`Handler`] and then either
 //! - runs as an external plugin with [`run_external`], which dials the NRI
@@ -15,6 +17,7 @@ mod error;
 mod events;
 mod handler;
 mod id;
+mod level;
 pub mod mux;
 mod session;
 
@@ -31,6 +34,7 @@ pub use events::EventMask;
 pub use generated::api::*;
 pub use handler::Handler;
 pub use id::{PluginId, IDX_ENV, NAME_ENV};
+pub use level::{Evidence, RuntimeLevel, Version, API_VERSION, OLDEST};
 pub use session::{serve, REGISTER_TIMEOUT};
 
 /// Re-exported so plugins use the exact runtime versions the generated code

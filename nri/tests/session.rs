@@ -42,6 +42,7 @@ async fn registers_with_name_and_idx_and_configures_mask() {
     let reg = peer.next_registration().await;
     assert_eq!(reg.plugin_name, "conrdma");
     assert_eq!(reg.plugin_idx, "10");
+    assert_eq!(reg.nri_version, "v0.12.2");
 
     let req = ConfigureRequest {
         runtime_name: "containerd".into(),
@@ -303,4 +304,198 @@ async fn handler_can_be_shared_across_sessions() {
             .await
             .expect("configure");
     }
+}
+
+/// Configure as a given runtime release sends it.
+fn configure_from(version: &str, nri_version: &str) -> ConfigureRequest {
+    ConfigureRequest {
+        runtime_name: "containerd".into(),
+        runtime_version: version.into(),
+        nri_version: nri_version.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn subscription_never_has_bits_the_runtime_rejects() {
+    // A handler that wants a v0.10 event next to CreateContainer.
+    let wanted = EventMask::CREATE_CONTAINER | EventMask::UPDATE_POD_SANDBOX;
+    let cases = [
+        (configure_from("1.7.24~ds1", ""), 0x8),
+        (configure_from("2.1.9+unknown", ""), 0x8),
+        (configure_from("2.2.1", ""), 0x8 | 0x800),
+        (configure_from("2.3.0", "v0.12.0"), 0x8 | 0x800),
+        (ConfigureRequest::new(), 0x8),
+    ];
+    for (req, events) in cases {
+        let (mut peer, _seen, _served) = session(wanted, None).await;
+        peer.next_registration().await;
+        let resp = peer.plugin.configure(ctx(), &req).await.expect("configure");
+        assert_eq!(resp.events, events, "runtime {:?}", req.runtime_version);
+    }
+
+    // "All events" is spelled out and leaves validation out on any level.
+    for (req, events) in [
+        (configure_from("2.1.9", ""), 0x7ff),
+        (configure_from("2.3.0", "v0.12.0"), 0x1fff),
+    ] {
+        let (mut peer, _seen, _served) = session(EventMask::from_bits(0).expect("0"), None).await;
+        peer.next_registration().await;
+        let resp = peer.plugin.configure(ctx(), &req).await.expect("configure");
+        assert_eq!(resp.events, events);
+    }
+
+    // Nothing left to subscribe to: Configure fails with a reason.
+    let (mut peer, _seen, _served) = session(EventMask::UPDATE_POD_SANDBOX, None).await;
+    peer.next_registration().await;
+    let err = peer
+        .plugin
+        .configure(ctx(), &configure_from("1.7.24", ""))
+        .await
+        .expect_err("no events left");
+    match err {
+        ttrpc::Error::RpcStatus(s) => {
+            assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+            assert!(s.message().contains("0x800"), "{}", s.message());
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn split_synchronize_echoes_more_and_hands_over_the_whole_state_once() {
+    let (mut peer, mut seen, _served) = session(EventMask::ALL, None).await;
+    peer.next_registration().await;
+
+    let parts = [
+        (vec![pod("a")], vec![container("a1")], true),
+        (vec![], vec![container("a2"), container("a3")], true),
+        (vec![pod("b")], vec![container("b1")], false),
+    ];
+    for (pods, containers, more) in parts {
+        let req = SynchronizeRequest {
+            pods,
+            containers,
+            more,
+            ..Default::default()
+        };
+        let resp = peer.plugin.synchronize(ctx(), &req).await.expect("part");
+        // The runtime drops a plugin that answers a part differently.
+        assert_eq!(resp.more, more);
+        assert!(resp.update.is_empty());
+    }
+    assert_eq!(next_seen(&mut seen).await, Seen::Synchronize(2, 4));
+
+    // The next (unsplit) Synchronize starts afresh.
+    let req = SynchronizeRequest {
+        pods: vec![pod("c")],
+        ..Default::default()
+    };
+    let resp = peer.plugin.synchronize(ctx(), &req).await.expect("whole");
+    assert!(!resp.more);
+    assert_eq!(next_seen(&mut seen).await, Seen::Synchronize(1, 0));
+}
+
+#[tokio::test]
+async fn dedicated_event_rpcs_of_nri_0_12_reach_the_handler() {
+    let (mut peer, mut seen, _served) = session(EventMask::ALL, None).await;
+    peer.next_registration().await;
+    let p = || -> protobuf::MessageField<PodSandbox> { Some(pod("p")).into() };
+    let c = || -> protobuf::MessageField<Container> { Some(container("c")).into() };
+    let plugin = &peer.plugin;
+
+    let run = RunPodSandboxRequest {
+        pod: p(),
+        ..Default::default()
+    };
+    plugin.run_pod_sandbox(ctx(), &run).await.expect("run pod");
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::State(Event::RUN_POD_SANDBOX, "p".into())
+    );
+
+    let start = StartContainerRequest {
+        pod: p(),
+        container: c(),
+        ..Default::default()
+    };
+    plugin.start_container(ctx(), &start).await.expect("start");
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::State(Event::START_CONTAINER, "p".into())
+    );
+
+    let remove = RemoveContainerRequest {
+        pod: p(),
+        container: c(),
+        ..Default::default()
+    };
+    plugin
+        .remove_container(ctx(), &remove)
+        .await
+        .expect("remove container");
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::State(Event::REMOVE_CONTAINER, "p".into())
+    );
+
+    let stop = StopPodSandboxRequest {
+        pod: p(),
+        ..Default::default()
+    };
+    plugin
+        .stop_pod_sandbox(ctx(), &stop)
+        .await
+        .expect("stop pod");
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::State(Event::STOP_POD_SANDBOX, "p".into())
+    );
+
+    let remove = RemovePodSandboxRequest {
+        pod: p(),
+        ..Default::default()
+    };
+    plugin
+        .remove_pod_sandbox(ctx(), &remove)
+        .await
+        .expect("remove pod");
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::State(Event::REMOVE_POD_SANDBOX, "p".into())
+    );
+}
+
+#[tokio::test]
+async fn methods_not_served_answer_unimplemented() {
+    // An NRI v0.12 runtime treats any other code as a failed call.
+    let (mut peer, _seen, _served) = session(EventMask::ALL, None).await;
+    peer.next_registration().await;
+
+    let validate = ValidateContainerAdjustmentRequest {
+        container: Some(container("c")).into(),
+        ..Default::default()
+    };
+    let err = peer
+        .plugin
+        .validate_container_adjustment(ctx(), &validate)
+        .await
+        .expect_err("not served");
+    assert!(
+        matches!(&err, ttrpc::Error::RpcStatus(s) if s.code() == ttrpc::Code::UNIMPLEMENTED),
+        "{err:?}"
+    );
+
+    // A method a later NRI might add.
+    let mut req = ttrpc::Request::new();
+    req.set_service("nri.pkg.api.v1alpha1.Plugin".into());
+    req.set_method("SomeFutureEvent".into());
+    req.set_timeout_nano(2_000_000_000);
+    let resp = peer.raw.request(req).await;
+    let code = match resp {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        Ok(r) => r.status().code(),
+        Err(other) => panic!("unexpected error {other:?}"),
+    };
+    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
 }

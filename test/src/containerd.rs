@@ -1,4 +1,5 @@
-//! An isolated containerd 1.7 (CRI + NRI) in a temporary directory.
+//! An isolated containerd (CRI + NRI) in a temporary directory, of the line
+//! `$CONRDMA_CONTAINERD` selects (1.7 or 2.x, see [`deps::containerd_line`]).
 //!
 //! Everything an instance owns lives under its temp dir: root, state, gRPC socket, NRI socket,
 //! plugin dirs, runc state (`Root` option of the runc handler), CNI dirs, pod logs and the log
@@ -20,7 +21,8 @@ use crate::deps;
 use crate::error::{Error, Result};
 use crate::process::{read_lossy, read_lossy_from, tail, ChildGuard, POLL};
 
-/// A CRI runtime handler (`[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.<name>]`).
+/// A CRI runtime handler (`[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.<name>]` on
+/// 1.7, `[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.<name>]` on 2.x).
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeHandler {
     /// Handler name, what `RunPodSandbox.runtime_handler` (RuntimeClass `handler`) selects.
@@ -181,6 +183,7 @@ impl Containerd {
     /// [`deps::check_environment`].
     pub async fn start(opts: ContainerdOptions) -> Result<Self> {
         deps::check_environment()?;
+        log_line_once();
         let image_tar = match &opts.image_tar {
             Some(p) => p.clone(),
             None if opts.image == deps::DEFAULT_IMAGE => deps::image_tarball()?,
@@ -378,6 +381,16 @@ impl Containerd {
     /// The config.toml text.
     pub fn config_text(&self) -> String {
         read_lossy(&self.paths.config)
+    }
+
+    /// The containerd line this instance runs (its config format, its binaries).
+    pub fn line(&self) -> deps::ContainerdLine {
+        deps::containerd_line()
+    }
+
+    /// `containerd --version` of the binary this instance runs.
+    pub fn version(&self) -> Result<String> {
+        deps::containerd_version()
     }
 
     /// containerd's pid while it runs.
@@ -597,6 +610,21 @@ impl Drop for Containerd {
     }
 }
 
+/// Says once per process which containerd the tests run against (on stderr, so a failing test's
+/// output shows it, and in the tracing log).
+fn log_line_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let line = deps::containerd_line();
+        let version = deps::containerd_version().unwrap_or_else(|e| e.to_string());
+        eprintln!(
+            "conrdma-e2e: containerd {line} line ({}): {version}",
+            deps::deps_prefix().display()
+        );
+        tracing::info!(%line, %version, "containerd under test");
+    });
+}
+
 fn mkdir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
 }
@@ -631,13 +659,120 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The config.toml (version 2) for an instance.
+/// The config.toml for an instance, in the format of the running line
+/// ([`deps::containerd_line`]): see [`render_config_for`].
 pub fn render_config(paths: &Paths, opts: &ContainerdOptions) -> Result<String> {
+    render_config_for(deps::containerd_line(), paths, opts)
+}
+
+/// The config.toml for an instance of `line`: version 2 for containerd 1.7 (CRI in
+/// `io.containerd.grpc.v1.cri`), version 3 for 2.x (CRI split into `io.containerd.cri.v1.runtime`,
+/// `io.containerd.cri.v1.images` and the gRPC service `io.containerd.grpc.v1.cri`). The same
+/// settings either way; `opts.extra_config` is merged last and must use the line's own keys
+/// (see [`deps::ContainerdLine::cri_runtime_plugin`]).
+pub fn render_config_for(
+    line: deps::ContainerdLine,
+    paths: &Paths,
+    opts: &ContainerdOptions,
+) -> Result<String> {
+    let runtimes = runtime_tables(paths, opts)?;
+    let nri = json!({
+        "disable": !opts.nri,
+        "disable_connections": opts.nri_disable_connections,
+        "socket_path": path_str(&paths.nri_socket),
+        "plugin_path": path_str(&paths.plugin_path),
+        "plugin_config_path": path_str(&paths.plugin_config_path),
+        "plugin_registration_timeout": opts.nri_registration_timeout,
+        "plugin_request_timeout": opts.nri_request_timeout,
+    });
+    let opt = json!({ "path": path_str(&paths.opt) });
+    let plugins = match line {
+        deps::ContainerdLine::Is17 => json!({
+            "io.containerd.grpc.v1.cri": {
+                "sandbox_image": opts.image,
+                // Needed on these machines: the sandbox's oom_score_adj -998 is refused.
+                "restrict_oom_score_adj": true,
+                "stream_server_address": "127.0.0.1",
+                "stream_server_port": "0",
+                "enable_selinux": false,
+                "containerd": {
+                    "snapshotter": "overlayfs",
+                    "default_runtime_name": opts.default_runtime,
+                },
+                "cni": {
+                    "bin_dir": path_str(&paths.cni_bin_dir),
+                    "conf_dir": path_str(&paths.cni_conf_dir),
+                    "max_conf_num": 1,
+                },
+            },
+            "io.containerd.nri.v1.nri": nri,
+            "io.containerd.internal.v1.opt": opt,
+        }),
+        deps::ContainerdLine::Is2x => json!({
+            "io.containerd.cri.v1.images": {
+                "snapshotter": "overlayfs",
+                // 2.x's `sandbox_image`.
+                "pinned_images": { "sandbox": opts.image },
+            },
+            "io.containerd.cri.v1.runtime": {
+                // Needed on these machines: the sandbox's oom_score_adj -998 is refused.
+                "restrict_oom_score_adj": true,
+                "enable_selinux": false,
+                "containerd": { "default_runtime_name": opts.default_runtime },
+                "cni": {
+                    // 2.1 takes a list (`bin_dir` is deprecated).
+                    "bin_dirs": [path_str(&paths.cni_bin_dir)],
+                    "conf_dir": path_str(&paths.cni_conf_dir),
+                    "max_conf_num": 1,
+                },
+            },
+            "io.containerd.grpc.v1.cri": {
+                "stream_server_address": "127.0.0.1",
+                "stream_server_port": "0",
+            },
+            "io.containerd.nri.v1.nri": nri,
+            "io.containerd.internal.v1.opt": opt,
+        }),
+    };
+    let base = json!({
+        "version": line.config_version(),
+        "root": path_str(&paths.root),
+        "state": path_str(&paths.state),
+        "grpc": { "address": path_str(&paths.grpc_socket) },
+        "debug": { "level": opts.log_level },
+        "plugins": plugins,
+    });
+    let mut table: toml::Table = toml::Value::try_from(base)
+        .ok()
+        .and_then(|v| match v {
+            toml::Value::Table(t) => Some(t),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Config("could not build the config table".into()))?;
+    let cri_containerd = table
+        .get_mut("plugins")
+        .and_then(|v| v.get_mut(line.cri_runtime_plugin()))
+        .and_then(|v| v.get_mut("containerd"))
+        .and_then(|v| v.as_table_mut())
+        .ok_or_else(|| Error::Config("config table lost its CRI section".into()))?;
+    cri_containerd.insert("runtimes".into(), runtimes.into());
+    merge(&mut table, &opts.extra_config);
+    toml::to_string(&table).map_err(|e| Error::Config(format!("serialising config.toml: {e}")))
+}
+
+/// The `containerd.runtimes` table (same shape in config versions 2 and 3): "runc" with its
+/// state under the instance dir, then `opts.runtimes`.
+fn runtime_tables(paths: &Paths, opts: &ContainerdOptions) -> Result<toml::Table> {
     let mut runtimes = toml::Table::new();
     let mut runc = toml::Table::new();
     runc.insert("runtime_type".into(), "io.containerd.runc.v2".into());
     let mut runc_opts = toml::Table::new();
     runc_opts.insert("Root".into(), path_str(&paths.runc_root).into());
+    // Pinned to the runc the harness cleans up with (bookworm's): a newer one from a dependency
+    // prefix would not run on this glibc.
+    if let Ok(runc_bin) = deps::runc_bin() {
+        runc_opts.insert("BinaryName".into(), path_str(&runc_bin).into());
+    }
     runc.insert("options".into(), runc_opts.into());
     runtimes.insert("runc".into(), runc.into());
     for r in &opts.runtimes {
@@ -673,59 +808,7 @@ pub fn render_config(paths: &Paths, opts: &ContainerdOptions) -> Result<String> 
         }
         runtimes.insert(r.name.clone(), t.into());
     }
-
-    let base = json!({
-        "version": 2,
-        "root": path_str(&paths.root),
-        "state": path_str(&paths.state),
-        "grpc": { "address": path_str(&paths.grpc_socket) },
-        "debug": { "level": opts.log_level },
-        "plugins": {
-            "io.containerd.grpc.v1.cri": {
-                "sandbox_image": opts.image,
-                // Needed on these machines: the sandbox's oom_score_adj -998 is refused.
-                "restrict_oom_score_adj": true,
-                "stream_server_address": "127.0.0.1",
-                "stream_server_port": "0",
-                "enable_selinux": false,
-                "containerd": {
-                    "snapshotter": "overlayfs",
-                    "default_runtime_name": opts.default_runtime,
-                },
-                "cni": {
-                    "bin_dir": path_str(&paths.cni_bin_dir),
-                    "conf_dir": path_str(&paths.cni_conf_dir),
-                    "max_conf_num": 1,
-                },
-            },
-            "io.containerd.nri.v1.nri": {
-                "disable": !opts.nri,
-                "disable_connections": opts.nri_disable_connections,
-                "socket_path": path_str(&paths.nri_socket),
-                "plugin_path": path_str(&paths.plugin_path),
-                "plugin_config_path": path_str(&paths.plugin_config_path),
-                "plugin_registration_timeout": opts.nri_registration_timeout,
-                "plugin_request_timeout": opts.nri_request_timeout,
-            },
-            "io.containerd.internal.v1.opt": { "path": path_str(&paths.opt) },
-        },
-    });
-    let mut table: toml::Table = toml::Value::try_from(base)
-        .ok()
-        .and_then(|v| match v {
-            toml::Value::Table(t) => Some(t),
-            _ => None,
-        })
-        .ok_or_else(|| Error::Config("could not build the config table".into()))?;
-    let cri_containerd = table
-        .get_mut("plugins")
-        .and_then(|v| v.get_mut("io.containerd.grpc.v1.cri"))
-        .and_then(|v| v.get_mut("containerd"))
-        .and_then(|v| v.as_table_mut())
-        .ok_or_else(|| Error::Config("config table lost its CRI section".into()))?;
-    cri_containerd.insert("runtimes".into(), runtimes.into());
-    merge(&mut table, &opts.extra_config);
-    toml::to_string(&table).map_err(|e| Error::Config(format!("serialising config.toml: {e}")))
+    Ok(runtimes)
 }
 
 /// Deep-merges `over` into `base` (tables merge, anything else replaces).
@@ -859,8 +942,9 @@ fn delete_runc_containers(roots: &[PathBuf]) -> Vec<String> {
     problems
 }
 
-/// Removes shim sockets in /run/containerd/s named by the bundles' `address` files whose shim is
-/// gone (normally shims remove their own; a killed one leaves it).
+/// Removes shim sockets in /run/containerd/s named by the bundles (`<state>/io.containerd.runtime.v2.task/<ns>/<id>`,
+/// the same layout on 1.7 and 2.x) whose shim is gone (normally shims remove their own; a killed
+/// one leaves it).
 fn remove_shim_sockets(state: &Path) {
     let tasks = state.join("io.containerd.runtime.v2.task");
     let Ok(namespaces) = std::fs::read_dir(&tasks) else {
@@ -871,15 +955,32 @@ fn remove_shim_sockets(state: &Path) {
             continue;
         };
         for b in bundles.filter_map(|e| e.ok()) {
-            let Ok(addr) = std::fs::read_to_string(b.path().join("address")) else {
-                continue;
-            };
-            let path = addr.trim().trim_start_matches("unix://");
-            if path.starts_with("/run/containerd/s/") {
-                let _ = std::fs::remove_file(path);
+            for addr in bundle_shim_addresses(&b.path()) {
+                let path = addr.trim().trim_start_matches("unix://");
+                if path.starts_with("/run/containerd/s/") {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
     }
+}
+
+/// The shim addresses a bundle records: its `address` file (1.7, and shims that write one on 2.x)
+/// and the `address` of `bootstrap.json` (2.x writes the shim's start reply there).
+fn bundle_shim_addresses(bundle: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(a) = std::fs::read_to_string(bundle.join("address")) {
+        found.push(a);
+    }
+    if let Ok(text) = std::fs::read_to_string(bundle.join("bootstrap.json")) {
+        if let Some(a) = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["address"].as_str().map(str::to_string))
+        {
+            found.push(a);
+        }
+    }
+    found
 }
 
 /// Mount points at or under `dir`, deepest (latest) first.
@@ -950,27 +1051,30 @@ mod tests {
         assert_eq!(unescape_mount("/end\\"), "/end\\");
     }
 
-    #[test]
-    fn config_has_nri_cri_and_runtimes() {
-        let paths = Paths::new(Path::new("/tmp/x"));
+    fn test_opts() -> ContainerdOptions {
         let mut shim = RuntimeHandler::new("conrdma", "io.containerd.conrdma.v1");
         shim.pod_annotations = vec!["conrdma.io/*".into()];
         shim.options.insert("Debug".into(), true.into());
-        let opts = ContainerdOptions {
+        ContainerdOptions {
             runtimes: vec![shim],
             nri_request_timeout: "1s".into(),
             ..Default::default()
-        };
-        let text = render_config(&paths, &opts).expect("config");
-        let v: toml::Table = text.parse().expect("valid toml");
-        assert_eq!(v["version"].as_integer(), Some(2));
+        }
+    }
+
+    fn rendered(line: deps::ContainerdLine, opts: &ContainerdOptions) -> toml::Table {
+        let paths = Paths::new(Path::new("/tmp/x"));
+        let text = render_config_for(line, &paths, opts).expect("config");
+        text.parse().expect("valid toml")
+    }
+
+    fn check_nri_and_runtimes(v: &toml::Table, cri_runtime: &toml::Value) {
         let nri = &v["plugins"]["io.containerd.nri.v1.nri"];
         assert_eq!(nri["disable"].as_bool(), Some(false));
         assert_eq!(nri["plugin_request_timeout"].as_str(), Some("1s"));
         assert_eq!(nri["socket_path"].as_str(), Some("/tmp/x/nri/nri.sock"));
-        let cri = &v["plugins"]["io.containerd.grpc.v1.cri"];
-        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
-        let rts = &cri["containerd"]["runtimes"];
+        assert_eq!(cri_runtime["restrict_oom_score_adj"].as_bool(), Some(true));
+        let rts = &cri_runtime["containerd"]["runtimes"];
         assert_eq!(
             rts["runc"]["runtime_type"].as_str(),
             Some("io.containerd.runc.v2")
@@ -984,24 +1088,48 @@ mod tests {
     }
 
     #[test]
-    fn extra_config_merges_deeply() {
-        let paths = Paths::new(Path::new("/tmp/x"));
-        let extra: toml::Table = r#"
-            [plugins."io.containerd.grpc.v1.cri"]
-            enable_cdi = true
-        "#
-        .parse()
-        .expect("toml");
-        let opts = ContainerdOptions {
-            extra_config: extra,
-            ..Default::default()
-        };
-        let v: toml::Table = render_config(&paths, &opts)
-            .expect("config")
-            .parse()
-            .expect("toml");
+    fn config_v2_for_1_7() {
+        let v = rendered(deps::ContainerdLine::Is17, &test_opts());
+        assert_eq!(v["version"].as_integer(), Some(2));
         let cri = &v["plugins"]["io.containerd.grpc.v1.cri"];
-        assert_eq!(cri["enable_cdi"].as_bool(), Some(true));
-        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
+        check_nri_and_runtimes(&v, cri);
+        assert_eq!(cri["sandbox_image"].as_str(), Some(deps::DEFAULT_IMAGE));
+        assert_eq!(cri["cni"]["bin_dir"].as_str(), Some("/tmp/x/cni/bin"));
+        assert!(v["plugins"].get("io.containerd.cri.v1.runtime").is_none());
+    }
+
+    #[test]
+    fn config_v3_for_2x() {
+        let v = rendered(deps::ContainerdLine::Is2x, &test_opts());
+        assert_eq!(v["version"].as_integer(), Some(3));
+        let rt = &v["plugins"]["io.containerd.cri.v1.runtime"];
+        check_nri_and_runtimes(&v, rt);
+        assert_eq!(rt["cni"]["bin_dirs"][0].as_str(), Some("/tmp/x/cni/bin"));
+        let images = &v["plugins"]["io.containerd.cri.v1.images"];
+        assert_eq!(
+            images["pinned_images"]["sandbox"].as_str(),
+            Some(deps::DEFAULT_IMAGE)
+        );
+        let grpc = &v["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(grpc["stream_server_port"].as_str(), Some("0"));
+        assert!(grpc.get("containerd").is_none() && grpc.get("sandbox_image").is_none());
+    }
+
+    #[test]
+    fn extra_config_merges_deeply() {
+        for line in [deps::ContainerdLine::Is17, deps::ContainerdLine::Is2x] {
+            let plugin = line.cri_runtime_plugin();
+            let extra: toml::Table = format!("[plugins.\"{plugin}\"]\nenable_cdi = true\n")
+                .parse()
+                .expect("toml");
+            let opts = ContainerdOptions {
+                extra_config: extra,
+                ..Default::default()
+            };
+            let v = rendered(line, &opts);
+            let cri = &v["plugins"][plugin];
+            assert_eq!(cri["enable_cdi"].as_bool(), Some(true));
+            assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
+        }
     }
 }

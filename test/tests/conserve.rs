@@ -1,4 +1,4 @@
-//! The work-conserving controller in the NRI plugin, on a real containerd 1.7 with runc, pods run
+//! The work-conserving controller in the NRI plugin, on a real containerd (2.x or 1.7: CONRDMA_CONTAINERD) with runc, pods run
 //! by the ConRDMA shim (which sets each VF's rate at start and resets it at the end), over a
 //! simulated SR-IOV NIC. The test plays the NIC's data path: a thread moves each VF's transmit
 //! counter at `min(demand, max_tx_rate)`, rewriting the stats file atomically, so the controller

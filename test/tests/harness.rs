@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use conrdma_e2e::containerd::{mounts_under, processes_under, shim_pids};
+use conrdma_e2e::deps::{containerd_semver, ContainerdLine};
 use conrdma_e2e::{Containerd, ContainerdOptions};
 
 const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -15,6 +16,11 @@ async fn start() -> Containerd {
         .await
         .unwrap_or_else(|e| panic!("starting containerd: {e}"));
     eprintln!("timing: containerd start + image import {:?}", t.elapsed());
+    eprintln!(
+        "containerd {} line: {}",
+        cd.line(),
+        cd.version().unwrap_or_else(|e| e.to_string())
+    );
     cd
 }
 
@@ -206,4 +212,32 @@ async fn drop_removes_running_pods() {
     drop(cd);
     eprintln!("timing: drop with a running pod {:?}", t.elapsed());
     assert_clean(&dir, &addr);
+}
+
+/// The instance runs the line `CONRDMA_CONTAINERD` asks for, with that line's config format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_the_selected_line() {
+    let cd = start().await;
+    let (major, minor, _) = containerd_semver().expect("containerd version");
+    let config: toml::Table = cd.config_text().parse().expect("config.toml");
+    match cd.line() {
+        ContainerdLine::Is17 => assert_eq!((major, minor), (1, 7)),
+        ContainerdLine::Is2x => assert_eq!(major, 2),
+    }
+    assert_eq!(
+        config["version"].as_integer(),
+        Some(cd.line().config_version())
+    );
+    let log = cd.log();
+    // 1.7 quotes the value (`version="1.7.24~ds1"`), 2.1 does not (`version=2.1.9+unknown`).
+    let expect = [
+        format!("version={major}.{minor}."),
+        format!("version=\"{major}.{minor}."),
+    ];
+    assert!(
+        expect.iter().any(|e| log.contains(e)),
+        "log should say {}; log:\n{log}",
+        expect[0]
+    );
+    cd.shutdown().await.expect("shutdown");
 }

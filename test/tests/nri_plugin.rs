@@ -1,4 +1,4 @@
-//! The NRI plugin on a real containerd 1.7 with runc, driven through CRI like a kubelet, over a
+//! The NRI plugin on a real containerd (2.x or 1.7: CONRDMA_CONTAINERD) with runc, driven through CRI like a kubelet, over a
 //! simulated SR-IOV NIC. Each test gets its own containerd, NIC tree, ledger and plugin process.
 
 use std::ffi::OsStr;

@@ -1,5 +1,5 @@
-//! The ConRDMA runtime shim (`containerd-shim-conrdma-v1`, a task API v2 proxy over the stock runc
-//! shim) on a real containerd 1.7 with runc, driven through CRI like a kubelet, with the NRI
+//! The ConRDMA runtime shim (`containerd-shim-conrdma-v1`, a task API v2/v3 proxy over the stock runc
+//! shim) on a real containerd (2.x or 1.7: CONRDMA_CONTAINERD) with runc, driven through CRI like a kubelet, with the NRI
 //! plugin as an external plugin and a simulated SR-IOV NIC whose per-VF rate files the shim's
 //! simulated limiter writes. Usage reports go to a small HTTP receiver inside the test.
 //!

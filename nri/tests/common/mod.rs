@@ -52,6 +52,8 @@ impl Runtime for FakeRuntime {
 /// The containerd side of one session.
 pub struct Peer {
     pub plugin: PluginClient,
+    /// The same connection, for requests the generated client cannot make.
+    pub raw: Client,
     pub registrations: mpsc::UnboundedReceiver<RegisterPluginRequest>,
     _server: Server,
     _mux: Mux,
@@ -76,9 +78,11 @@ impl Peer {
             .register_service(create_runtime(Arc::new(runtime)))
             .add_listener(Listener::new(incoming));
         server.start().await.expect("peer server");
-        let plugin = PluginClient::new(Client::new(Socket::new(plugin_io)));
+        let raw = Client::new(Socket::new(plugin_io));
+        let plugin = PluginClient::new(raw.clone());
         Peer {
             plugin,
+            raw,
             registrations: rx,
             _server: server,
             _mux: mux,

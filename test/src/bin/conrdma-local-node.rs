@@ -1,14 +1,16 @@
 //! The main job: a local ConRDMA node on a simulated SR-IOV NIC. Builds the NIC, starts an isolated
-//! containerd 1.7 with NRI, the ConRDMA NRI plugin and the `conrdma` runtime handler (the shim), runs
-//! a demo pod that asks for bandwidth and shows what it got: spec, inside view and the VF's rate.
-//! `--hold` keeps the node up for crictl until Ctrl-C.
+//! containerd with NRI (2.x by default; `--containerd 1.7`, or `$CONRDMA_CONTAINERD`, for 1.7), the
+//! ConRDMA NRI plugin and the `conrdma` runtime handler (the shim), runs a demo pod that asks for
+//! bandwidth and shows what it got: spec, inside view and the VF's rate. `--hold` keeps the node up
+//! for crictl until Ctrl-C.
 
 use std::process::Command;
 use std::time::Duration;
 
+use conrdma_e2e::deps::{self, ContainerdLine};
 use conrdma_e2e::{shim_dir, shim_runtime, workspace_bin, Containerd, ContainerdOptions, PodSpec};
 
-const USAGE: &str = "usage: conrdma-local-node [--hold] [--pfs N] [--vfs N] [--speed RATE] [--bandwidth RATE] [--limit RATE]";
+const USAGE: &str = "usage: conrdma-local-node [--containerd 1.7|2.1] [--hold] [--pfs N] [--vfs N] [--speed RATE] [--bandwidth RATE] [--limit RATE]";
 
 struct Opts {
     hold: bool,
@@ -36,6 +38,12 @@ fn parse() -> Result<Opts, String> {
         };
         match a.as_str() {
             "--hold" => o.hold = true,
+            "--containerd" => {
+                let v = val()?;
+                let line = ContainerdLine::parse(&v)
+                    .ok_or_else(|| format!("--containerd {v:?}: expected 1.7 or 2.1; {USAGE}"))?;
+                deps::set_containerd_line(line).map_err(|e| e.to_string())?;
+            }
             "--pfs" => o.pfs = val()?,
             "--vfs" => o.vfs = val()?,
             "--speed" => o.speed = val()?,
@@ -88,7 +96,11 @@ async fn run() -> Result<(), String> {
     std::fs::write(&config, "admission_ratio = 1.0\n\n[[pool]]\nname = \"fabric-a\"\npfs = [\"ens1f0\", \"ens1f1\"]\n\n[rdma_cgroup]\nhca_handles = 16\nhca_objects = 4096\n")
         .map_err(|e| e.to_string())?;
 
-    step("containerd 1.7 with NRI and the `conrdma` runtime handler (isolated: its own root, state and sockets)");
+    let version = deps::containerd_version().map_err(|e| e.to_string())?;
+    step(&format!(
+        "containerd {} with NRI and the `conrdma` runtime handler (isolated: its own root, state and sockets)\n    {version}",
+        deps::try_containerd_line().map_err(|e| e.to_string())?
+    ));
     // The ConRDMA shim holds the pod's VF to its rate; on the simulated NIC its limiter writes the
     // VF's rate knobs under the NIC tree.
     let handler = shim_runtime("conrdma", &nic, &work.path().join("runc"));
