@@ -48,6 +48,40 @@ pub struct NodeConfig {
     /// The work-conserving bandwidth controller (off unless enabled).
     #[serde(default)]
     pub conserve: ConserveConfig,
+    /// containerd's CRI endpoint, asked which pods exist (the periodic sweep of the ledger).
+    #[serde(default)]
+    pub cri: CriConfig,
+}
+
+/// `[cri]`: how the plugin checks the ledger against the pods containerd holds, for pods whose
+/// removal NRI does not relay (containerd forgets which pods it told plugins about when it
+/// restarts, and 1.7 sends pre-launched plugins no Synchronize).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriConfig {
+    /// containerd's gRPC socket, which serves CRI.
+    #[serde(default = "default_cri_socket")]
+    pub socket: PathBuf,
+    /// Seconds between sweeps, 1 to 30; 0 turns the sweep off (a pod removed unseen then holds its
+    /// VF until the plugin's next Synchronize).
+    #[serde(default = "default_sweep_seconds")]
+    pub sweep_seconds: u64,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            socket: default_cri_socket(),
+            sweep_seconds: default_sweep_seconds(),
+        }
+    }
+}
+
+fn default_cri_socket() -> PathBuf {
+    PathBuf::from("/run/containerd/containerd.sock")
+}
+fn default_sweep_seconds() -> u64 {
+    10
 }
 
 /// `[conserve]`: the work-conserving bandwidth controller, which lends idle guaranteed bandwidth
@@ -232,6 +266,7 @@ impl Default for NodeConfig {
             enforce: EnforceConfig::default(),
             placement: None,
             conserve: ConserveConfig::default(),
+            cri: CriConfig::default(),
         }
     }
 }
@@ -319,6 +354,12 @@ impl NodeConfig {
                     "conserve.pools names {p:?}, which is neither a [[pool]] nor {DEFAULT_POOL:?}"
                 )));
             }
+        }
+        if cfg.cri.sweep_seconds > 30 {
+            return Err(bad(format!(
+                "cri.sweep_seconds = {} is out of range: use 1 to 30, or 0 to turn the sweep off",
+                cfg.cri.sweep_seconds
+            )));
         }
         for (pf, speed) in &cfg.pf_speed {
             Rate::parse(speed).map_err(|e| bad(format!("pf_speed.{pf}: {e}")))?;
@@ -434,6 +475,8 @@ mod tests {
                 "conserve.pools names \"gold\"",
             ),
             ("[conserve]\nenable = true", "enable"),
+            ("[cri]\nsweep_seconds = 60", "cri.sweep_seconds = 60"),
+            ("[cri]\nsweep = 5", "sweep"),
         ] {
             let e = NodeConfig::from_toml(text, "node.toml")
                 .expect_err(text)

@@ -6,7 +6,7 @@
 //! exclusive lock on the state dir keeps two plugins from booking the same VFs. After a (re)connect
 //! the plugin reconciles it with containerd's list of live pods.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,11 @@ pub struct Reconciled {
 pub struct Ledger {
     dir: PathBuf,
     held: BTreeMap<String, Held>,
+    /// Admission counter, in memory only: see [`Ledger::mark`].
+    admissions: u64,
+    /// Pod id -> the counter's value when this process admitted it. Entries read from disk at
+    /// open are absent (they count as admitted before any mark).
+    admitted_at: HashMap<String, u64>,
     _lock: Flock<File>,
 }
 
@@ -124,6 +129,8 @@ impl Ledger {
         Ok(Ledger {
             dir: state_dir.to_path_buf(),
             held,
+            admissions: 0,
+            admitted_at: HashMap::new(),
             _lock: lock,
         })
     }
@@ -246,6 +253,8 @@ impl Ledger {
             self.held.remove(&pod.id);
             return Err(e);
         }
+        self.admissions += 1;
+        self.admitted_at.insert(pod.id.clone(), self.admissions);
         Ok((record, true))
     }
 
@@ -258,7 +267,44 @@ impl Ledger {
             self.held.insert(pod_id.to_string(), h);
             return Err(e);
         }
+        self.admitted_at.remove(pod_id);
         Ok(Some(h))
+    }
+
+    /// A point in the admission sequence, taken before asking the runtime which pods exist.
+    ///
+    /// A pod admitted before the mark had its sandbox before the question was asked, so if the
+    /// answer lacks it, it is gone. A pod admitted after the mark may be missing from the answer
+    /// only because it is newer: [`Ledger::sweep`] leaves it alone.
+    pub fn mark(&self) -> u64 {
+        self.admissions
+    }
+
+    /// Frees what belongs to pods missing from `live`, a list of every pod sandbox the runtime
+    /// holds taken after `mark`. Unlike [`Ledger::reconcile`] (whose list comes from NRI
+    /// Synchronize, during which no pod is admitted) this runs alongside admissions, hence the mark.
+    pub fn sweep(&mut self, live: &HashSet<String>, mark: u64) -> Result<Vec<Held>> {
+        let gone: Vec<String> = self
+            .held
+            .keys()
+            .filter(|id| !live.contains(*id))
+            .filter(|id| self.admitted_at.get(*id).copied().unwrap_or(0) <= mark)
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = self.held.clone();
+        let released: Vec<Held> = gone.iter().filter_map(|id| self.held.remove(id)).collect();
+        if let Err(e) = self.persist() {
+            self.held = before;
+            return Err(e);
+        }
+        for id in &gone {
+            self.admitted_at.remove(id);
+        }
+        info!(released = released.len(), "ledger swept");
+        Ok(released)
     }
 
     /// Brings the ledger in line with the pods containerd says are alive: frees what belongs to
@@ -290,6 +336,9 @@ impl Ledger {
             if let Err(e) = self.persist() {
                 self.held = before;
                 return Err(e);
+            }
+            for h in &out.released {
+                self.admitted_at.remove(&h.pod.id);
             }
             info!(
                 released = out.released.len(),

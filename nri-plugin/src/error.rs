@@ -15,6 +15,9 @@ pub enum PluginError {
     Nri(#[from] conrdma_nri::NriError),
     #[error("{0}")]
     Setup(String),
+    /// containerd's CRI could not be asked (the sweep retries).
+    #[error("containerd CRI: {0}")]
+    Cri(String),
 }
 
 impl PluginError {
@@ -29,6 +32,7 @@ impl PluginError {
             },
             PluginError::Malformed(_) => Code::INVALID_ARGUMENT,
             PluginError::Nri(_) | PluginError::Setup(_) => Code::INTERNAL,
+            PluginError::Cri(_) => Code::UNAVAILABLE,
         }
     }
 }

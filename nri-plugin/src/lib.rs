@@ -10,6 +10,7 @@ pub mod node;
 pub mod plugin;
 pub mod report;
 pub mod steering;
+pub mod sweep;
 
 pub use error::PluginError;
 pub use node::NodeState;

@@ -31,6 +31,10 @@ struct Args {
     /// Where the allocation ledger is kept; default: `state_dir` from the config, else /run/conrdma/nri.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// containerd's socket, whose CRI service the ledger sweep asks which pods exist; default:
+    /// `cri.socket` from the config, else /run/containerd/containerd.sock.
+    #[arg(long)]
+    cri_socket: Option<PathBuf>,
     /// Plugin name registered with containerd.
     #[arg(long, default_value = "conrdma")]
     name: String,
@@ -86,6 +90,7 @@ async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
     let overrides = Overrides {
         root: args.root.clone(),
         state_dir: args.state_dir.clone(),
+        cri_socket: args.cri_socket.clone(),
     };
     if prelaunched {
         // containerd passes the config in Configure; the node is set up from it.
@@ -106,8 +111,9 @@ async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
         None => None,
     };
     let root = overrides.root(&cfg);
+    let cri = overrides.cri_socket(&cfg);
     let node = Arc::new(NodeState::open(&root, &overrides.state_dir(&cfg), cfg)?);
-    let telemetry = spawn_background(node.clone(), root)?;
+    let telemetry = spawn_background(node.clone(), root, cri)?;
     if let Some(listener) = metrics {
         conserve::serve_metrics(listener, telemetry);
     }

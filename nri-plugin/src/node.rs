@@ -209,12 +209,7 @@ impl NodeState {
     /// Frees the pod's allocation, and its VF's rate where the plugin had set it.
     pub fn release(&self, pod_id: &str) -> Result<Option<Held>, PluginError> {
         let held = self.ledger().release(pod_id)?;
-        if let Some(h) = &held {
-            self.reset_rate(h);
-        }
-        if held.is_some() {
-            self.changed.notify_one();
-        }
+        self.after_release(held.as_slice());
         Ok(held)
     }
 
@@ -260,9 +255,36 @@ impl NodeState {
                 Err(e) => warn!(pod_id, error = %e, "ignoring unreadable allocation annotation"),
             }
         }
-        Ok(self
+        let out = self
             .ledger()
-            .reconcile(&live, found.into_values().collect())?)
+            .reconcile(&live, found.into_values().collect())?;
+        self.after_release(&out.released);
+        if !out.adopted.is_empty() {
+            self.changed.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// See [`conrdma_core::Ledger::mark`]: taken before asking containerd which pods exist.
+    pub fn admission_mark(&self) -> u64 {
+        self.ledger().mark()
+    }
+
+    /// Frees the allocations of pods missing from `live` (all sandboxes containerd holds, listed
+    /// after `mark`), and their VF rates where the plugin had set them.
+    pub fn sweep(&self, live: &HashSet<String>, mark: u64) -> Result<Vec<Held>, PluginError> {
+        let released = self.ledger().sweep(live, mark)?;
+        self.after_release(&released);
+        Ok(released)
+    }
+
+    fn after_release(&self, released: &[Held]) {
+        for h in released {
+            self.reset_rate(h);
+        }
+        if !released.is_empty() {
+            self.changed.notify_one();
+        }
     }
 
     pub fn held(&self) -> Vec<Held> {

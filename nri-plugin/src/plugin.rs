@@ -26,6 +26,7 @@ pub const DEFAULT_STATE_DIR: &str = "/run/conrdma/nri";
 pub struct Overrides {
     pub root: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub cri_socket: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -41,6 +42,12 @@ impl Overrides {
             .clone()
             .or_else(|| cfg.state_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+
+    pub fn cri_socket(&self, cfg: &NodeConfig) -> PathBuf {
+        self.cri_socket
+            .clone()
+            .unwrap_or_else(|| cfg.cri.socket.clone())
     }
 }
 
@@ -119,8 +126,9 @@ impl Plugin {
             None => {
                 let (root, state) = (self.overrides.root(&cfg), self.overrides.state_dir(&cfg));
                 let metrics = cfg.conserve.metrics_listen;
+                let cri = self.overrides.cri_socket(&cfg);
                 let node = Arc::new(NodeState::open(&root, &state, cfg)?);
-                let telemetry = spawn_background(node.clone(), root)?;
+                let telemetry = spawn_background(node.clone(), root, cri)?;
                 if let Some(addr) = metrics {
                     // Not fatal: the plugin must not fail Configure (containerd would exit).
                     match crate::conserve::bind_metrics(addr) {
@@ -135,14 +143,17 @@ impl Plugin {
     }
 }
 
-/// Starts the node's background work: sysfs rescans, node reports and the work-conserving
-/// controller (which reads VFs under `root`; idle unless `[conserve]` enables it).
+/// Starts the node's background work: sysfs rescans, node reports, the ledger sweep against
+/// containerd's CRI at `cri_socket`, and the work-conserving controller (which reads VFs under
+/// `root`; idle unless `[conserve]` enables it).
 pub fn spawn_background(
     node: Arc<NodeState>,
     root: PathBuf,
+    cri_socket: PathBuf,
 ) -> Result<Arc<crate::conserve::Telemetry>, PluginError> {
     crate::report::spawn_node_reporter(node.clone());
     spawn_refresher(node.clone());
+    crate::sweep::spawn_sweeper(node.clone(), cri_socket)?;
     crate::conserve::spawn(node, root)
 }
 

@@ -79,7 +79,7 @@ pub fn shim_dir() -> Result<std::path::PathBuf> {
 }
 
 impl Containerd {
-    /// Starts `conrdma-nri-plugin --socket <this NRI socket> ARGS...` (log in `<dir>/nri-plugin.log`)
+    /// Starts `conrdma-nri-plugin --socket <this NRI socket> --cri-socket <this containerd> ARGS...` (log in `<dir>/nri-plugin.log`)
     /// and waits until containerd has registered and synchronized it.
     pub async fn start_nri_plugin<I, S>(&mut self, args: I) -> Result<ChildGuard>
     where
@@ -88,7 +88,11 @@ impl Containerd {
     {
         let mark = self.log_mark();
         let mut cmd = Command::new(workspace_bin("conrdma-nri-plugin")?);
-        cmd.arg("--socket").arg(self.nri_socket()).args(args);
+        cmd.arg("--socket")
+            .arg(self.nri_socket())
+            .arg("--cri-socket")
+            .arg(self.socket())
+            .args(args);
         let plugin = self.spawn_process("nri-plugin", &mut cmd)?;
         self.wait_for_plugin_since(mark, NRI_PLUGIN, Duration::from_secs(20))
             .await?;
