@@ -118,12 +118,18 @@ async fn main() {
         .arg("--state-dir")
         .arg(sim.path().join("state"))
         .arg("--config")
-        .arg(sim.path().join("node.toml"));
+        .arg(sim.path().join("node.toml"))
+        .arg("--cri-socket")
+        .arg(cd.socket());
     let _plugin = cd.spawn_process("nri-plugin", &mut plugin).unwrap();
     cd.wait_for_plugin_since(mark, "10-conrdma", Duration::from_secs(20))
         .await
         .unwrap();
     let cri = cd.cri();
+    println!(
+        "containerd: {}",
+        cd.version().unwrap_or_else(|e| format!("unknown ({e})"))
+    );
     println!("shim binary: {}", shim.display());
     println!("samples per runtime: {samples} (interleaved)");
 

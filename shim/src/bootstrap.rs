@@ -7,10 +7,10 @@
 //! | 2.3+       | protobuf `BootstrapParams`     | protobuf `BootstrapResult`              |
 //!
 //! 1.7 refuses any JSON version above 2, and 2.0-2.2 set the same `MAX_SHIM_VERSION=2` as 1.7, so
-//! before 2.3 nothing tells the lines apart: the reply is the plain address, which both drive as
-//! task API v2 (2.x through its v2 client). Under 2.3 the reply is version 3. The proxy serves both
-//! service names either way, so the version containerd picks only names the client it uses. The
-//! `task_api` setting overrides the version (3 makes 2.0-2.2 use their v3 client too).
+//! before 2.3 only the calling binary tells the lines apart (`crate::line`): 1.7 gets the plain
+//! address (task API v2), 2.0-2.2 the JSON version 3, 2.3+ a `BootstrapResult` with version 3.
+//! The proxy serves both service names either way, so the version only names the client
+//! containerd uses. The `task_api` setting overrides the choice.
 
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;

@@ -109,7 +109,14 @@ fn run(flags: &Flags, bundle: &Path) -> Result<()> {
         settings,
         limiter,
     ));
+    // A Wait holds its worker until the task exits, and containerd 2.x sends all of a pod's calls
+    // over one connection: ttrpc's default of at most 5 workers per connection would let five
+    // outstanding Waits (`ctr task wait`, other clients) stall every other call, Kill included.
+    // Only the ceiling moves: idle workers cost memory in every pod.
     let mut server = ttrpc::Server::new()
+        .set_thread_count_min(1)
+        .set_thread_count_default(3)
+        .set_thread_count_max(1024)
         .add_listener(LISTEN_FD)
         .map_err(|e| ShimError::Child(format!("listening on fd {LISTEN_FD}: {e}")))?
         .register_service(proxy.methods());

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod delete;
 pub mod error;
 pub mod flags;
+pub mod line;
 pub mod options;
 pub mod pod;
 pub mod report;

@@ -88,8 +88,8 @@ pub struct Settings {
     pub runc: Option<RuncOptions>,
     /// Explicit path of the runc shim binary; None = look it up.
     pub runc_shim: Option<PathBuf>,
-    /// The task API version `start` reports (`task_api`, 2 or 3). None: version 2 as a plain
-    /// address before containerd 2.3 (the one reply 1.7 and 2.0-2.2 both take), 3 to 2.3+.
+    /// The task API version `start` reports (`task_api`, 2 or 3). None: by the calling
+    /// containerd, 2 (a plain address) to 1.7 and 3 to 2.x (see `crate::bootstrap`).
     pub task_api: Option<i32>,
     /// The TOML text these settings came from (handed to the server process verbatim).
     pub source: String,

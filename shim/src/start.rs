@@ -18,6 +18,7 @@ use crate::bootstrap::StartInput;
 use crate::daemon::{CONFIG_ENV, LISTEN_FD};
 use crate::error::{Result, ShimError};
 use crate::flags::Flags;
+use crate::line;
 use crate::options;
 use crate::settings::Settings;
 use crate::spec::Spec;
@@ -84,7 +85,18 @@ pub fn start(flags: &Flags) -> Result<Vec<u8>> {
     let input = StartInput::parse(&stdin, &flags.id, &flags.namespace)?;
     let settings = Settings::from_toml(&options::settings_text(input.options().as_ref())?)?;
     let address = launch(flags, &settings)?;
-    input.reply(&address, settings.task_api)
+    let task_api = match (&input, settings.task_api) {
+        (_, Some(v)) => Some(v),
+        (StartInput::Bootstrap(_), None) => None,
+        // 2.0-2.2 take version 3 and then reuse the pod's shim instead of running `start` and
+        // `delete` for every container (a quarter of a container's lifecycle on 2.1.9);
+        // 1.7 refuses it, and anything unknown gets the plain address every line accepts.
+        (StartInput::Legacy(_), None) => {
+            let major = line::containerd_major(&line::parent_exe(), Path::new(line::CACHE_DIR));
+            major.is_some_and(|m| m >= 2).then_some(3)
+        }
+    };
+    input.reply(&address, task_api)
 }
 
 /// Finds the group's running proxy or launches one; returns its `unix://` address.

@@ -97,6 +97,10 @@ async fn main() {
         .await
         .expect("plugin connected");
 
+    println!(
+        "containerd: {}",
+        with.version().unwrap_or_else(|e| format!("unknown ({e})"))
+    );
     let (cw, co) = (with.cri(), without.cri());
     // Warm-up: first runs pay for snapshot and shim start-up caches.
     for i in 0..3 {

@@ -18,8 +18,8 @@ use conrdma_core::report::{UsageBatch, UsageReport};
 use conrdma_core::AllocationRecord;
 use conrdma_e2e::containerd::shim_pids;
 use conrdma_e2e::{
-    shim_runtime, simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec,
-    RuntimeHandler,
+    shim_runtime, simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdLine,
+    ContainerdOptions, PodSpec, RuntimeHandler,
 };
 
 const PLUGIN: &str = "10-conrdma";
@@ -327,6 +327,29 @@ async fn pod_runs_under_the_shim_with_its_vf_held_to_the_limit() {
         .collect();
     assert!(others.iter().all(|r| *r == VfRate::NONE), "{others:?}");
 
+    // The start handshake each line expects: 1.7 the plain address (task API v2), 2.x version 3
+    // (the shim tells them apart by -bundle), unless CONRDMA_SHIM_TASK_API forces a version.
+    let bundle =
+        n.cd.paths()
+            .state
+            .join("io.containerd.runtime.v2.task/k8s.io")
+            .join(&pod);
+    let forced: Option<i64> = std::env::var("CONRDMA_SHIM_TASK_API")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    match n.cd.line() {
+        ContainerdLine::Is17 => {
+            let addr = std::fs::read_to_string(bundle.join("address")).unwrap();
+            assert!(addr.starts_with("unix:///"), "{addr}");
+        }
+        ContainerdLine::Is2x => {
+            let boot: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(bundle.join("bootstrap.json")).unwrap())
+                    .unwrap();
+            assert_eq!(boot["version"], forced.unwrap_or(3), "{boot}");
+        }
+    }
+
     // One proxy and one runc shim for the whole pod, also with a second container.
     let c2 =
         n.cd.cri()
@@ -375,6 +398,39 @@ async fn pod_runs_under_the_shim_with_its_vf_held_to_the_limit() {
         "shim log missing from containerd's log"
     );
     assert!(log.contains("VF rate reset: the pod is gone"));
+    n.cd.shutdown().await.unwrap();
+}
+
+/// Every running task holds one blocking Wait on the proxy; on containerd 2.x all of a pod's tasks
+/// share one connection, so the proxy must keep serving other calls however many are waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_with_many_containers_is_served_to_the_end() {
+    let mut n = Node::start(None).await;
+    n.start_plugin().await;
+    let (pod, first) = n.pod("wide", &[(BW, "1Gbps")]).await.unwrap();
+    let cri = n.cd.cri();
+    let mut ctrs = vec![first];
+    for i in 1..8 {
+        let c = tokio::time::timeout(
+            WAIT,
+            cri.run_container(&pod, &format!("c{i}"), "", &["sleep", "3600"], &[]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("container c{i} not started in time"))
+        .unwrap();
+        ctrs.push(c);
+    }
+    for c in &ctrs {
+        let (code, out) = tokio::time::timeout(WAIT, exec(&n.cd, c, &["echo", "up"]))
+            .await
+            .expect("exec answered in time");
+        assert_eq!((code, out.as_str()), (0, "up\n"));
+    }
+    assert_eq!(n.proxies().len(), 1, "one proxy for the whole pod");
+    tokio::time::timeout(WAIT, cri.stop_and_remove_pod(&pod))
+        .await
+        .expect("pod removed in time")
+        .unwrap();
     n.cd.shutdown().await.unwrap();
 }
 

@@ -20,6 +20,14 @@ stage=${CONRDMA_VM_STAGE:?}
 results=${CONRDMA_VM_RESULTS:?}
 filter=${CONRDMA_VM_TEST_FILTER:-}
 
+# Which containerd line the harness picks (CONRDMA_CONTAINERD, 2.x unless set), for the record.
+case "${CONRDMA_CONTAINERD:-2.1}" in
+  1.7) cd_bin=/opt/conrdma-deps/usr/bin/containerd ;;
+  *) cd_bin=/opt/conrdma-deps-2/usr/bin/containerd ;;
+esac
+cd_version=$("$cd_bin" --version 2>&1) || cd_version="not runnable: $cd_version"
+echo "vm-tier: CONRDMA_CONTAINERD=${CONRDMA_CONTAINERD:-2.1}: $cd_version"
+
 shopt -s nullglob
 executables=("$stage"/tests/*)
 if [ ${#executables[@]} -eq 0 ]; then
