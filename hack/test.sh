@@ -34,6 +34,10 @@ CONRDMA_CONTAINERD=2.1 CONRDMA_SHIM_TASK_API=2 cargo test --locked -p conrdma-e2
 which_containerd 1.7
 CONRDMA_CONTAINERD=1.7 cargo test --locked -p conrdma-e2e \
   --test nri_plugin --test shim --test conserve --test node_reports --test harness
+# A short chaos soak on each line: kill -9 of plugin, shims and containerd amid pod churn; fails on
+# any leaked allocation, unreset VF rate or double booking (README: "Chaos soak").
+target/debug/conrdma-chaos --cycles 60 --seed 1 --containerd 2.1
+target/debug/conrdma-chaos --cycles 60 --seed 2 --containerd 1.7
 # The real-kernel tier: a VM with an SR-IOV NIC (QEMU igb), Soft-RoCE and the rdma cgroup.
 results=${CONRDMA_VM_RESULTS:-target/conrdma-vm/results}
 rc=0

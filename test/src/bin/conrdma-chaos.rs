@@ -1,0 +1,366 @@
+//! Chaos soak: pods under the ConRDMA runtime come and go on a local node (real containerd, the
+//! NRI plugin, the shim, a simulated SR-IOV NIC) while kill -9 lands at random points on the
+//! plugin (restarted at once), a pod's shim, or containerd (restarted at once), including in the
+//! middle of a CreateContainer or a pod removal.
+//!
+//! After every step: no VF booked twice and no PF guaranteed beyond its line rate (both counted as
+//! double bookings). At the end, once every pod is removed through CRI: the ledger is empty, every
+//! VF rate is reset, and no shim process or mount of the instance is left (counted as leaks).
+//!
+//!   conrdma-chaos --cycles N --seed S [--containerd 1.7|2.1]
+//!
+//! Last line: `chaos: C cycles, F faults, leaked L, rates not reset R, double bookings D`; exit
+//! status 1 unless L, R and D are 0.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use conrdma_core::discovery::discover;
+use conrdma_core::ledger::Ledger;
+use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
+use conrdma_e2e::containerd::{mounts_under, shim_pids};
+use conrdma_e2e::deps::{self, ContainerdLine};
+use conrdma_e2e::{
+    shim_dir, shim_runtime, simulate_nic, ChildGuard, Containerd, ContainerdOptions, PodSpec,
+    NRI_PLUGIN,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const BW: &str = "rdma.conrdma.io/bandwidth";
+/// Line rate of each simulated PF, in Mbps.
+const LINE_MBPS: u64 = 100_000;
+
+#[derive(Parser)]
+#[command(about = "kill -9 chaos soak of a local ConRDMA node")]
+struct Args {
+    /// Steps to run (each: a pod created, a pod removed, or a fault).
+    #[arg(long, default_value_t = 50)]
+    cycles: u32,
+    /// RNG seed: the same seed gives the same sequence of steps.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// containerd line (default: $CONRDMA_CONTAINERD, else 2.1).
+    #[arg(long)]
+    containerd: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    pfs: u32,
+    #[arg(long, default_value_t = 8)]
+    vfs: u32,
+    /// The plugin's ledger sweep period (`cri.sweep_seconds`); 0 turns the sweep off, to see what
+    /// NRI events alone leave behind.
+    #[arg(long, default_value_t = 2)]
+    sweep_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Plugin,
+    Shim,
+    Containerd,
+}
+
+struct Node {
+    cd: Containerd,
+    plugin: Option<ChildGuard>,
+    nic: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+}
+
+impl Node {
+    async fn start_plugin(&mut self) -> Result<(), String> {
+        let args = [
+            "--root".as_ref(),
+            self.nic.as_os_str(),
+            "--state-dir".as_ref(),
+            self.state.as_os_str(),
+            "--config".as_ref(),
+            self.config.as_os_str(),
+        ];
+        self.plugin = Some(
+            self.cd
+                .start_nri_plugin(args)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    }
+
+    fn proxies(&self) -> Vec<i32> {
+        let addr = self.cd.paths().grpc_socket.to_string_lossy().into_owned();
+        shim_pids(&addr)
+    }
+
+    /// kill -9 of one component; containerd and the plugin are restarted at once, as a
+    /// supervisor would.
+    async fn inject(&mut self, fault: Fault, rng: &mut StdRng) -> Result<(), String> {
+        match fault {
+            Fault::Plugin => {
+                if let Some(mut p) = self.plugin.take() {
+                    let _ = p.kill();
+                }
+                self.start_plugin().await
+            }
+            Fault::Shim => {
+                let pids = self.proxies();
+                if !pids.is_empty() {
+                    let pid = pids[rng.random_range(0..pids.len())];
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Ok(())
+            }
+            Fault::Containerd => {
+                let mark = self.cd.log_mark();
+                self.cd.kill().map_err(|e| e.to_string())?;
+                self.cd.start_again().await.map_err(|e| e.to_string())?;
+                if self
+                    .cd
+                    .wait_for_plugin_since(mark, NRI_PLUGIN, Duration::from_secs(20))
+                    .await
+                    .is_err()
+                {
+                    // The plugin gave up or died meanwhile: start a fresh one.
+                    if let Some(mut p) = self.plugin.take() {
+                        let _ = p.kill();
+                    }
+                    self.start_plugin().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Double bookings in the ledger: a VF held by two pods, or a PF guaranteed beyond its line.
+fn double_bookings(state: &Path) -> (usize, Vec<String>) {
+    let held = match Ledger::snapshot(state) {
+        Ok(h) => h,
+        Err(e) => return (1, vec![format!("ledger unreadable: {e}")]),
+    };
+    let mut by_vf: HashMap<(String, u32), Vec<String>> = HashMap::new();
+    let mut by_pf: BTreeMap<String, u64> = BTreeMap::new();
+    for h in &held {
+        by_vf
+            .entry((h.record.pf.clone(), h.record.vf))
+            .or_default()
+            .push(h.pod.name.clone());
+        *by_pf.entry(h.record.pf.clone()).or_default() += h.record.guaranteed_mbps;
+    }
+    let mut problems: Vec<String> = by_vf
+        .iter()
+        .filter(|(_, pods)| pods.len() > 1)
+        .map(|((pf, vf), pods)| format!("{pf} VF {vf} booked to {pods:?}"))
+        .collect();
+    problems.extend(
+        by_pf
+            .iter()
+            .filter(|(_, g)| **g > LINE_MBPS)
+            .map(|(pf, g)| format!("{pf} guarantees {g} Mbps of {LINE_MBPS}")),
+    );
+    (problems.len(), problems)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("conrdma-chaos: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    if let Some(v) = &args.containerd {
+        let line = ContainerdLine::parse(v)
+            .ok_or_else(|| format!("--containerd {v:?}: expected 1.7 or 2.1"))?;
+        deps::set_containerd_line(line).map_err(|e| e.to_string())?;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("conrdma-chaos-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let nic = work.path().join("nic");
+    simulate_nic(&nic, args.pfs, args.vfs, "100Gbps").map_err(|e| e.to_string())?;
+    let config = work.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!("[cri]\nsweep_seconds = {}\n", args.sweep_seconds),
+    )
+    .map_err(|e| e.to_string())?;
+    let opts = ContainerdOptions {
+        runtimes: vec![shim_runtime("conrdma", &nic, &work.path().join("runc"))],
+        extra_path: vec![shim_dir().map_err(|e| e.to_string())?],
+        ..Default::default()
+    };
+    let cd = Containerd::start(opts).await.map_err(|e| e.to_string())?;
+    println!(
+        "chaos: containerd {}, {} PFs x {} VFs, seed {}",
+        cd.version().map_err(|e| e.to_string())?,
+        args.pfs,
+        args.vfs,
+        args.seed
+    );
+    let mut node = Node {
+        cd,
+        plugin: None,
+        nic: nic.clone(),
+        state: work.path().join("state"),
+        config,
+    };
+    node.start_plugin().await?;
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let (mut faults, mut doubles) = (0u32, 0usize);
+    let mut pods: Vec<String> = Vec::new();
+    let started = Instant::now();
+    for cycle in 0..args.cycles {
+        let fault = match rng.random_range(0..3) {
+            0 => Fault::Plugin,
+            1 => Fault::Shim,
+            _ => Fault::Containerd,
+        };
+        // Whether the fault lands in the middle of the step, and when.
+        let mid = rng.random_bool(0.3);
+        let delay = Duration::from_millis(rng.random_range(0..60));
+        let cri = node.cd.cri();
+        let roll = rng.random_range(0..100);
+        if roll < 50 || pods.is_empty() {
+            let gbps = [1, 5, 10, 20, 40][rng.random_range(0..5)];
+            let name = format!("p{cycle}");
+            let spec = PodSpec::new(&name, "chaos", &format!("uid-{name}"))
+                .runtime_handler("conrdma")
+                .annotation(BW, &format!("{gbps}Gbps"));
+            let create = async {
+                let pod = cri.run_pod_spec(&spec).await.ok()?;
+                let ok = cri
+                    .run_container(&pod, "main", "", &["sleep", "3600"], &[])
+                    .await
+                    .is_ok();
+                Some((pod, ok))
+            };
+            let result = if mid {
+                faults += 1;
+                let (r, f) = tokio::join!(create, async {
+                    tokio::time::sleep(delay).await;
+                    node.inject(fault, &mut rng).await
+                });
+                f?;
+                r
+            } else {
+                create.await
+            };
+            match result {
+                Some((pod, true)) => pods.push(pod),
+                // Refused or broken by the fault: the kubelet removes the pod.
+                Some((pod, false)) => {
+                    let removed = node.cd.cri().stop_and_remove_pod(&pod).await.is_ok();
+                    if !removed {
+                        pods.push(pod);
+                    }
+                }
+                None => {}
+            }
+        } else if roll < 85 {
+            let pod = pods.swap_remove(rng.random_range(0..pods.len()));
+            let remove = cri.stop_and_remove_pod(&pod);
+            let removed = if mid {
+                faults += 1;
+                let (r, f) = tokio::join!(remove, async {
+                    tokio::time::sleep(delay).await;
+                    node.inject(fault, &mut rng).await
+                });
+                f?;
+                r.is_ok()
+            } else {
+                remove.await.is_ok()
+            };
+            if !removed {
+                // Tried again later, as the kubelet would.
+                pods.push(pod);
+            }
+        } else {
+            faults += 1;
+            node.inject(fault, &mut rng).await?;
+        }
+        let (n, problems) = double_bookings(&node.state);
+        for p in &problems {
+            println!("chaos: cycle {cycle}: {p}");
+        }
+        doubles += n;
+    }
+
+    // The end: every pod removed through CRI, retried while faults settle.
+    let cri = node.cd.cri();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = cri.list_pods().await.map(|p| p.len()).unwrap_or(usize::MAX);
+        if left == 0 || Instant::now() > deadline {
+            break;
+        }
+        let _ = cri.remove_everything().await;
+    }
+    // Removals NRI did not relay are freed by the plugin's sweep within its period.
+    let deadline = Instant::now() + Duration::from_secs(3 * args.sweep_seconds + 5);
+    let mut held = Ledger::snapshot(&node.state).map_err(|e| e.to_string())?;
+    while !held.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        held = Ledger::snapshot(&node.state).map_err(|e| e.to_string())?;
+    }
+    for h in &held {
+        println!(
+            "chaos: leaked allocation of pod {} ({} VF {}, {} Mbps)",
+            h.pod.name, h.record.pf, h.record.vf, h.record.guaranteed_mbps
+        );
+    }
+    let shims = node.proxies();
+    if !shims.is_empty() {
+        println!("chaos: shim processes left: {shims:?}");
+    }
+    let mounts = mounts_under(node.cd.dir());
+    for m in &mounts {
+        println!("chaos: mount left: {}", m.display());
+    }
+    let limiter = SimulatedLimiter::new(&nic);
+    let inventory = discover(&nic).map_err(|e| e.to_string())?;
+    let mut not_reset = 0;
+    for pf in &inventory.pfs {
+        for vf in &pf.vfs {
+            let rate = limiter
+                .get(&pf.netdev, vf.index)
+                .unwrap_or(VfRate::new(0, 1));
+            if rate != VfRate::NONE {
+                println!(
+                    "chaos: {} VF {} still limited: {rate:?}",
+                    pf.netdev, vf.index
+                );
+                not_reset += 1;
+            }
+        }
+    }
+    let leaked = held.len() + shims.len() + mounts.len();
+    println!(
+        "chaos: {} s on {}",
+        started.elapsed().as_secs(),
+        deps::try_containerd_line()
+            .map(|l| l.to_string())
+            .unwrap_or_default()
+    );
+    if let Some(mut p) = node.plugin.take() {
+        let _ = p.kill();
+    }
+    let _ = node.cd.shutdown().await;
+    println!(
+        "chaos: {} cycles, {faults} faults, leaked {leaked}, rates not reset {not_reset}, double bookings {doubles}",
+        args.cycles
+    );
+    Ok(leaked == 0 && not_reset == 0 && doubles == 0)
+}
