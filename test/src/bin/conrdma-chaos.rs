@@ -321,6 +321,13 @@ async fn run(args: Args) -> Result<bool, String> {
             h.pod.name, h.record.pf, h.record.vf, h.record.guaranteed_mbps
         );
     }
+    // containerd finishes some cleanup (a dead shim's `delete`, bundle removal) after CRI returns.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (!node.proxies().is_empty() || !mounts_under(node.cd.dir()).is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let shims = node.proxies();
     if !shims.is_empty() {
         println!("chaos: shim processes left: {shims:?}");
