@@ -7,7 +7,7 @@
 //! the plugin reconciles it with containerd's list of live pods.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::allocation::AllocationRecord;
 use crate::error::{CoreError, Result};
 use crate::inventory::{Inventory, PfInv, PoolInv};
+use crate::private_fs;
 use crate::rate::format_mbps;
 use crate::request::{Request, KEY_POOL};
 
@@ -94,14 +95,10 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (or creates) the ledger in `state_dir` and takes its lock.
     pub fn open(state_dir: &Path) -> Result<Ledger> {
-        fs::create_dir_all(state_dir)
+        private_fs::create_dir(state_dir)
             .map_err(|e| CoreError::io("creating state dir", state_dir, e))?;
         let lock_path = state_dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock_file = private_fs::open_for_write(&lock_path, false)
             .map_err(|e| CoreError::io("opening", &lock_path, e))?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| CoreError::Config {
             origin: state_dir.display().to_string(),
@@ -446,7 +443,8 @@ impl Ledger {
         };
         let bytes = serde_json::to_vec(&file)
             .map_err(|e| CoreError::io("encoding", &path, std::io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(|e| CoreError::io("creating", &tmp, e))?;
+        let mut f = private_fs::open_for_write(&tmp, true)
+            .map_err(|e| CoreError::io("creating", &tmp, e))?;
         f.write_all(&bytes)
             .map_err(|e| CoreError::io("writing", &tmp, e))?;
         f.sync_all()

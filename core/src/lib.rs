@@ -11,6 +11,7 @@ pub mod error;
 pub mod inventory;
 pub mod ledger;
 pub mod limiter;
+pub mod private_fs;
 pub mod rate;
 pub mod report;
 pub mod request;

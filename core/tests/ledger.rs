@@ -299,3 +299,19 @@ fn sweep_frees_pods_the_runtime_no_longer_lists_but_never_one_admitted_after_the
         .collect();
     assert_eq!(names, ["pod-2"], "sweeps are persisted");
 }
+
+#[test]
+fn ledger_files_are_readable_by_root_only() {
+    use std::os::unix::fs::MetadataExt;
+    let (_sys, inv) = inventory(1, 4, "100G", "");
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("run/conrdma/nri");
+    let mut l = Ledger::open(&state).unwrap();
+    l.admit(&inv, &pod(1), &req(&[("bandwidth", "10G")]), |_| {})
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&t.path().join("run")), 0o700);
+    assert_eq!(mode(&state.join("ledger.json")), 0o600);
+    assert_eq!(mode(&state.join("ledger.lock")), 0o600);
+}

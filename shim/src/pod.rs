@@ -163,7 +163,7 @@ impl RateState {
         let tmp = bundle.join(format!(".{STATE_FILE}.tmp"));
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| ShimError::Invalid(format!("encoding the rate state: {e}")))?;
-        std::fs::write(&tmp, text)
+        conrdma_core::private_fs::write(&tmp, &text)
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| ShimError::io(format!("writing {}", path.display()), e))
     }
@@ -311,6 +311,15 @@ mod tests {
         };
         s.save(dir.path()).unwrap();
         assert_eq!(RateState::load(dir.path()).unwrap(), Some(s));
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(RateState::path(dir.path()))
+            .unwrap()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "the record names the pod's VF and webhook: root only"
+        );
         std::fs::write(RateState::path(dir.path()), "{").unwrap();
         assert!(RateState::load(dir.path()).is_err());
     }

@@ -60,7 +60,7 @@ impl Spool {
     }
 
     fn ensure_dir(&self) -> std::io::Result<()> {
-        fs::create_dir_all(&self.dir)
+        conrdma_core::private_fs::create_dir(&self.dir)
     }
 
     /// Spooled report files, oldest first (names start with the time).
@@ -95,7 +95,7 @@ impl Spool {
         );
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let text = serde_json::to_vec(report).map_err(std::io::Error::other)?;
-        fs::write(&tmp, text)?;
+        conrdma_core::private_fs::write(&tmp, &text)?;
         fs::rename(&tmp, self.dir.join(&name))?;
         let files = self.files();
         let excess = files.len().saturating_sub(self.max);
@@ -123,12 +123,7 @@ impl Spool {
             return out;
         }
         let lock_path = self.dir.join(".lock");
-        let lock_file = match fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        {
+        let lock_file = match conrdma_core::private_fs::open_for_write(&lock_path, false) {
             Ok(f) => f,
             Err(e) => {
                 out.failed = Some(format!("opening {}: {e}", lock_path.display()));
@@ -235,6 +230,11 @@ mod tests {
             s.put(&report(1000 + i, i == 4)).unwrap();
         }
         assert_eq!(s.files().len(), 5);
+        // Reports say which pod holds which VF: root only.
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(s.dir()), 0o700);
+        assert!(s.files().iter().all(|f| mode(f) == 0o600));
         // Webhook down: nothing is lost.
         let r = s.drain(2, &mut |_| Sent::Failed("down".into()));
         assert_eq!((r.sent, r.failed.as_deref()), (0, Some("down")));
