@@ -74,6 +74,18 @@ pub struct Config {
     /// Largest request body accepted (filter requests with full Node objects can be large).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Open connections served at once; more wait in the listen backlog. Each costs a file
+    /// descriptor, so keep it below the process's limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client must finish sending a request's headers within this long (also the TLS
+    /// handshake), or its connection is closed: slow-loris clients cannot hold slots.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_seconds: u64,
+    /// A request must be read and answered within this long, or it gets 408 and its connection
+    /// is closed: a slow body cannot hold a slot either.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
     /// Serve HTTPS with these files; plain HTTP without.
     pub tls: Option<TlsFiles>,
 }
@@ -90,6 +102,15 @@ fn default_forget() -> u64 {
 fn default_max_body() -> usize {
     64 << 20
 }
+fn default_max_connections() -> usize {
+    512
+}
+fn default_header_timeout() -> u64 {
+    5
+}
+fn default_request_timeout() -> u64 {
+    10
+}
 
 impl Config {
     /// A config with defaults and the given tokens file (for tests and embedding).
@@ -102,6 +123,9 @@ impl Config {
             max_score: default_max_score(),
             forget_after_seconds: default_forget(),
             max_body_bytes: default_max_body(),
+            max_connections: default_max_connections(),
+            header_read_timeout_seconds: default_header_timeout(),
+            request_timeout_seconds: default_request_timeout(),
             tls: None,
         }
     }
@@ -132,6 +156,23 @@ impl Config {
         if cfg.max_body_bytes < 1024 {
             return Err(err("max_body_bytes must be at least 1024".into()));
         }
+        if !(1..=65_536).contains(&cfg.max_connections) {
+            return Err(err(format!(
+                "max_connections {} is not from 1 to 65536",
+                cfg.max_connections
+            )));
+        }
+        for (key, v) in [
+            (
+                "header_read_timeout_seconds",
+                cfg.header_read_timeout_seconds,
+            ),
+            ("request_timeout_seconds", cfg.request_timeout_seconds),
+        ] {
+            if !(1..=300).contains(&v) {
+                return Err(err(format!("{key} {v} is not from 1 to 300")));
+            }
+        }
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base_dir.join(&*p);
@@ -154,6 +195,14 @@ impl Config {
 
     pub fn node_ttl(&self) -> Duration {
         Duration::from_secs(self.node_ttl_seconds)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
     }
 
     pub fn forget_after(&self) -> Duration {
@@ -262,6 +311,14 @@ mod tests {
             ("", "missing field `tokens_file`"),
             ("tokens_file = \"t\"\nnode_ttl_seconds = 0\n", "at least 1"),
             ("tokens_file = \"t\"\nmax_score = 0\n", "max_score 0"),
+            (
+                "tokens_file = \"t\"\nmax_connections = 0\n",
+                "max_connections 0",
+            ),
+            (
+                "tokens_file = \"t\"\nheader_read_timeout_seconds = 0\n",
+                "header_read_timeout_seconds 0",
+            ),
         ] {
             let e = Config::from_toml(text, "c.toml", Path::new("/"))
                 .unwrap_err()

@@ -1,7 +1,7 @@
 //! The HTTP front: routes, bearer authentication, and the mapping of bodies onto the store.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -25,6 +25,7 @@ pub struct App {
     tokens: RwLock<Tokens>,
     pub metrics: Metrics,
     max_body: usize,
+    request_timeout: Duration,
 }
 
 impl App {
@@ -37,6 +38,7 @@ impl App {
                 reason: e.to_string(),
             })?,
             max_body: cfg.max_body_bytes,
+            request_timeout: cfg.request_timeout(),
         })
     }
 
@@ -90,7 +92,29 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), deadline))
         .with_state(app)
+}
+
+/// Bounds reading and answering one request (a slow body included): past `request_timeout` the
+/// client gets 408 and the connection is closed, so a trickling upload cannot hold its slot.
+async fn deadline(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(app.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            format!(
+                "request not received and answered within {} s\n",
+                app.request_timeout.as_secs()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Serialize)]

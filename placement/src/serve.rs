@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
@@ -33,7 +33,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight plain-HTTP requests finish, and waits for the server task.
+    /// Stops accepting, lets in-flight requests finish (up to 10 s), and waits for the server task.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
         self.pruner.abort();
@@ -91,28 +91,17 @@ pub async fn start(listen: SocketAddr, cfg: Config) -> Result<Running> {
     let (stop, stopped) = watch::channel(false);
     let routes = router(app.clone());
     let is_tls = tls.is_some();
-    let server = match tls {
-        None => {
-            let mut stopped = stopped.clone();
-            tokio::spawn(async move {
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        debug!(error = %e, "TCP_NODELAY");
-                    }
-                });
-                axum::serve(listener, routes)
-                    .with_graceful_shutdown(async move { stop_requested(&mut stopped).await })
-                    .await
-                    .map_err(|e| PlacementError::io("serving on", addr.to_string(), e))
-            })
-        }
-        Some(tls) => tokio::spawn(serve_tls(
-            listener,
-            TlsAcceptor::from(tls),
-            routes,
-            stopped.clone(),
-        )),
+    let limits = Limits {
+        max_connections: cfg.max_connections,
+        header_read_timeout: cfg.header_read_timeout(),
     };
+    let server = tokio::spawn(serve_loop(
+        listener,
+        tls.map(TlsAcceptor::from),
+        routes,
+        limits,
+        stopped,
+    ));
     let pruner = {
         let app = app.clone();
         let every = (cfg.node_ttl() / 2).max(Duration::from_secs(1));
@@ -180,15 +169,40 @@ async fn stop_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-async fn serve_tls(
+/// What keeps slow or huge clients from starving the extender verbs (with the request deadline
+/// in [`crate::http`]).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+}
+
+/// How long a stop waits for in-flight requests.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Accepts up to `max_connections` connections at once (the rest wait in the kernel's backlog) and
+/// serves each over HTTP/1.1, after a TLS handshake when `tls` is set. Headers (and the handshake)
+/// must arrive within `header_read_timeout`, so idle or trickling clients give their slot back.
+/// On stop: no new connections, in-flight requests get up to [`DRAIN`].
+async fn serve_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Option<TlsAcceptor>,
     routes: axum::Router,
+    limits: Limits,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
     loop {
+        let permit = tokio::select! {
+            _ = stop_requested(&mut stopped) => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break, // never closed
+            },
+        };
         let (tcp, peer) = tokio::select! {
-            _ = stop_requested(&mut stopped) => return Ok(()),
+            _ = stop_requested(&mut stopped) => break,
             acc = listener.accept() => match acc {
                 Ok(c) => c,
                 Err(e) => {
@@ -202,39 +216,69 @@ async fn serve_tls(
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY");
         }
-        let acceptor = acceptor.clone();
         let svc = TowerToHyperService::new(routes.clone());
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
+            let _slot = permit;
+            let ended = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(tcp), svc))
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        limits.header_read_timeout,
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
+            };
+            if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("stopping with requests still in flight");
+    }
+    Ok(())
 }
 
 /// The binary's whole life: load the config, serve, stop on SIGINT or SIGTERM.
 pub async fn run(listen: SocketAddr, config: &Path) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let cfg = Config::load(config)?;
-    let running = start(listen, cfg).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    // Handlers first: a supervisor may signal as soon as the "listening" line is out.
+    let mut term = signal(SignalKind::terminate())
         .map_err(|e| PlacementError::io("installing handler for", "SIGTERM", e))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| PlacementError::io("installing handler for", "SIGINT", e))?;
+    let running = start(listen, cfg).await?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
         _ = term.recv() => info!("SIGTERM: stopping"),
     }
     running.stop().await
