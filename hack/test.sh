@@ -38,6 +38,8 @@ CONRDMA_CONTAINERD=1.7 cargo test --locked -p conrdma-e2e \
 # any leaked allocation, unreset VF rate or double booking (README: "Chaos soak").
 target/debug/conrdma-chaos --cycles 60 --seed 1 --containerd 2.1
 target/debug/conrdma-chaos --cycles 60 --seed 2 --containerd 1.7
+# 30 s per fuzz target (cargo-afl, coverage-guided); fails on any crash or hang.
+bash hack/fuzz.sh --smoke
 # The real-kernel tier: a VM with an SR-IOV NIC (QEMU igb), Soft-RoCE and the rdma cgroup.
 results=${CONRDMA_VM_RESULTS:-target/conrdma-vm/results}
 rc=0

@@ -352,8 +352,9 @@ impl Ledger {
             .map(|pool| {
                 let vfs_total: usize = pool.pfs.iter().map(|pf| pf.vfs.len()).sum();
                 let in_pool = self.held.values().filter(|h| h.record.pool == pool.name);
-                let (guaranteed, pods) =
-                    in_pool.fold((0, 0), |(g, n), h| (g + h.record.guaranteed_mbps, n + 1));
+                let (guaranteed, pods) = in_pool.fold((0u64, 0), |(g, n), h| {
+                    (g.saturating_add(h.record.guaranteed_mbps), n + 1)
+                });
                 let taken = pool
                     .pfs
                     .iter()
@@ -376,7 +377,9 @@ impl Ledger {
         self.held
             .values()
             .filter(|h| h.record.pf == pf)
-            .fold((0, 0), |(g, n), h| (g + h.record.guaranteed_mbps, n + 1))
+            .fold((0u64, 0), |(g, n), h| {
+                (g.saturating_add(h.record.guaranteed_mbps), n + 1)
+            })
     }
 
     fn vf_taken(&self, pf: &str, vf: u32) -> bool {
@@ -398,7 +401,7 @@ impl Ledger {
             .iter()
             .map(|pool| {
                 let cap: u64 = pool.pfs.iter().map(|pf| pf.capacity_mbps).sum();
-                let (mut held, mut pods, mut best_pf, mut free_vfs, mut vfs) = (0, 0, 0, 0, 0);
+                let (mut held, mut pods, mut best_pf, mut free_vfs, mut vfs) = (0u64, 0, 0, 0, 0);
                 for pf in &pool.pfs {
                     let (h, n) = self.pf_load(&pf.name);
                     let free = pf
@@ -406,7 +409,7 @@ impl Ledger {
                         .iter()
                         .filter(|v| !self.vf_taken(&pf.name, v.index))
                         .count();
-                    held += h;
+                    held = held.saturating_add(h);
                     pods += n;
                     free_vfs += free;
                     vfs += pf.vfs.len();

@@ -82,7 +82,10 @@ impl Rate {
             .parse()
             .map_err(|_| bad("it is not a plain decimal number"))?;
         let scale = 10u128.pow(frac_part.len() as u32) * 1_000_000;
-        let bits_scaled = digits * multiplier;
+        // Up to 38 digits times 10^12 overflows u128; any such product is far above MAX_MBPS.
+        let bits_scaled = digits
+            .checked_mul(multiplier)
+            .ok_or_else(|| bad("it is above 1000Tbps"))?;
         let mbps = bits_scaled.div_ceil(scale);
         if mbps == 0 {
             return Err(bad("it must be more than zero"));
@@ -179,6 +182,23 @@ mod tests {
             assert!(err.contains(&format!("{bad:?}")), "{err}");
             assert!(err.contains("Kbps|Mbps|Gbps|Tbps"), "{err}");
             assert!(!err.contains('\n'));
+        }
+    }
+
+    /// Found while writing the fuzz target `annotations`: 38 digits with a Tbps unit overflowed the
+    /// u128 product (a panic with overflow checks, a wrapped and possibly accepted rate without).
+    #[test]
+    fn refuses_numbers_whose_bit_rate_overflows() {
+        for text in [
+            "99999999999999999999.999999999999999999Tbps",
+            "99999999999999999999.999999999999999999G",
+            "340282366920938463463.37M",
+        ] {
+            let err = Rate::parse(text).expect_err(text).to_string();
+            assert!(
+                err.contains("above 1000Tbps") || err.contains("too many digits"),
+                "{err}"
+            );
         }
     }
 

@@ -171,7 +171,7 @@ impl NodeReport {
         let mut load: HashMap<&str, (u64, u32, HashSet<u32>)> = HashMap::new();
         for rec in held {
             let e = load.entry(rec.pf.as_str()).or_default();
-            e.0 += rec.guaranteed_mbps;
+            e.0 = e.0.saturating_add(rec.guaranteed_mbps);
             e.1 += 1;
             e.2.insert(rec.vf);
         }

@@ -315,3 +315,45 @@ fn ledger_files_are_readable_by_root_only() {
     assert_eq!(mode(&state.join("ledger.json")), 0o600);
     assert_eq!(mode(&state.join("ledger.lock")), 0o600);
 }
+
+/// Found while writing the fuzz target `ledger_file`: a ledger whose records' guarantees sum past
+/// u64::MAX (a corrupt or hand-edited file, or records adopted from container annotations) made
+/// `usage`, `admit` and the report builder overflow (a panic with overflow checks, a wrapped,
+/// too-small load without). The sums saturate: such a PF counts as full.
+#[test]
+fn guarantees_summing_past_u64_max_saturate() {
+    let (_sys, inv) = inventory(1, 8, "100G", "");
+    let state = tempfile::tempdir().unwrap();
+    let record = |id: &str, vf: u32| {
+        format!(
+            r#""{id}":{{"pod":{{"id":"{id}","uid":"u-{id}","namespace":"n","name":"{id}"}},
+               "record":{{"pool":"default","pf":"ens1f0","vf":{vf},"vf_pci":"0000:3b:00.{vf}",
+               "rdma_device":"mlx5_{vf}","netdev":"ens1f0v{vf}","guaranteed_mbps":18446744073709551615,
+               "limit_mbps":25000,"uverbs":"/dev/infiniband/uverbs{vf}"}}}}"#
+        )
+    };
+    std::fs::write(
+        state.path().join("ledger.json"),
+        format!(
+            r#"{{"version":1,"held":{{{},{}}}}}"#,
+            record("a", 0),
+            record("b", 1)
+        ),
+    )
+    .unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let usage = l.usage(&inv);
+    assert_eq!(usage[0].guaranteed_mbps, u64::MAX);
+    assert_eq!((usage[0].pods, usage[0].vfs_free), (2, 6));
+    let err = l
+        .admit(&inv, &pod(1), &req(&[("bandwidth", "1G")]), |_| {})
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Exhausted, "{err}");
+    // A pod without a guarantee only needs a free VF; the totals stay saturated.
+    l.admit(&inv, &pod(2), &req(&[("bandwidth-limit", "1G")]), |_| {})
+        .unwrap();
+    assert_eq!(l.usage(&inv)[0].guaranteed_mbps, u64::MAX);
+    let held: Vec<_> = l.held().map(|h| &h.record).collect();
+    let report = conrdma_core::report::NodeReport::from_inventory("n", 0, &inv, held);
+    assert_eq!(report.pools[0].pfs[0].guaranteed_mbps, u64::MAX);
+}
