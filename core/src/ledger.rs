@@ -281,6 +281,18 @@ impl Ledger {
     /// holds taken after `mark`. Unlike [`Ledger::reconcile`] (whose list comes from NRI
     /// Synchronize, during which no pod is admitted) this runs alongside admissions, hence the mark.
     pub fn sweep(&mut self, live: &HashSet<String>, mark: u64) -> Result<Vec<Held>> {
+        let before = self.held.clone();
+        let released = self.take_gone(live, mark);
+        if released.is_empty() {
+            return Ok(released);
+        }
+        self.commit(before, &released)?;
+        info!(released = released.len(), "ledger swept");
+        Ok(released)
+    }
+
+    /// Removes (in memory) the pods missing from `live` that were admitted no later than `mark`.
+    fn take_gone(&mut self, live: &HashSet<String>, mark: u64) -> Vec<Held> {
         let gone: Vec<String> = self
             .held
             .keys()
@@ -288,20 +300,19 @@ impl Ledger {
             .filter(|id| self.admitted_at.get(*id).copied().unwrap_or(0) <= mark)
             .cloned()
             .collect();
-        if gone.is_empty() {
-            return Ok(Vec::new());
-        }
-        let before = self.held.clone();
-        let released: Vec<Held> = gone.iter().filter_map(|id| self.held.remove(id)).collect();
+        gone.iter().filter_map(|id| self.held.remove(id)).collect()
+    }
+
+    /// Persists the in-memory changes, or puts `before` back if that fails.
+    fn commit(&mut self, before: BTreeMap<String, Held>, released: &[Held]) -> Result<()> {
         if let Err(e) = self.persist() {
             self.held = before;
             return Err(e);
         }
-        for id in &gone {
-            self.admitted_at.remove(id);
+        for h in released {
+            self.admitted_at.remove(&h.pod.id);
         }
-        info!(released = released.len(), "ledger swept");
-        Ok(released)
+        Ok(())
     }
 
     /// Brings the ledger in line with the pods containerd says are alive: frees what belongs to
@@ -309,14 +320,11 @@ impl Ledger {
     /// (e.g. a lost state dir), unless their VF is already booked.
     pub fn reconcile(&mut self, live: &HashSet<String>, found: Vec<Held>) -> Result<Reconciled> {
         let before = self.held.clone();
-        let mut out = Reconciled::default();
-        self.held.retain(|id, h| {
-            let keep = live.contains(id);
-            if !keep {
-                out.released.push(h.clone());
-            }
-            keep
-        });
+        // No admission runs during a Synchronize, so every pod not listed is gone.
+        let mut out = Reconciled {
+            released: self.take_gone(live, u64::MAX),
+            ..Default::default()
+        };
         for h in found {
             if self.held.contains_key(&h.pod.id) || !live.contains(&h.pod.id) {
                 continue;
@@ -330,13 +338,7 @@ impl Ledger {
             self.held.insert(h.pod.id.clone(), h);
         }
         if self.held != before {
-            if let Err(e) = self.persist() {
-                self.held = before;
-                return Err(e);
-            }
-            for h in &out.released {
-                self.admitted_at.remove(&h.pod.id);
-            }
+            self.commit(before, &out.released)?;
             info!(
                 released = out.released.len(),
                 adopted = out.adopted.len(),

@@ -63,13 +63,17 @@ pub fn shim_runtime(name: &str, nic: &Path, runc_root: &Path) -> RuntimeHandler 
     );
     // `CONRDMA_SHIM_TASK_API=3` runs the shim as a version-3 shim on containerd 2.x (the JSON
     // bootstrap reply), the mode 2.3 drives it in, so the same tests cover both versions.
-    if let Some(v) = std::env::var("CONRDMA_SHIM_TASK_API")
-        .ok()
-        .and_then(|v| v.trim().parse::<i64>().ok())
-    {
+    if let Some(v) = forced_task_api() {
         h.options.insert("task_api".into(), v.into());
     }
     h
+}
+
+/// The task API version `CONRDMA_SHIM_TASK_API` forces on the shim, if set.
+pub fn forced_task_api() -> Option<i64> {
+    std::env::var("CONRDMA_SHIM_TASK_API")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The directory holding the shim binary.

@@ -334,9 +334,7 @@ async fn pod_runs_under_the_shim_with_its_vf_held_to_the_limit() {
             .state
             .join("io.containerd.runtime.v2.task/k8s.io")
             .join(&pod);
-    let forced: Option<i64> = std::env::var("CONRDMA_SHIM_TASK_API")
-        .ok()
-        .and_then(|v| v.trim().parse().ok());
+    let forced = conrdma_e2e::conrdma::forced_task_api();
     match n.cd.line() {
         ContainerdLine::Is17 => {
             let addr = std::fs::read_to_string(bundle.join("address")).unwrap();

@@ -94,6 +94,24 @@ impl Node {
         shim_pids(&addr)
     }
 
+    /// Runs one step; with `fault`, that fault lands `delay` into it.
+    async fn step<T>(
+        &mut self,
+        step: impl std::future::Future<Output = T>,
+        fault: Option<(Fault, Duration)>,
+        rng: &mut StdRng,
+    ) -> Result<T, String> {
+        let Some((fault, delay)) = fault else {
+            return Ok(step.await);
+        };
+        let (out, injected) = tokio::join!(step, async {
+            tokio::time::sleep(delay).await;
+            self.inject(fault, rng).await
+        });
+        injected?;
+        Ok(out)
+    }
+
     /// kill -9 of one component; containerd and the plugin are restarted at once, as a
     /// supervisor would.
     async fn inject(&mut self, fault: Fault, rng: &mut StdRng) -> Result<(), String> {
@@ -247,18 +265,11 @@ async fn run(args: Args) -> Result<bool, String> {
                     .is_ok();
                 Some((pod, ok))
             };
-            let result = if mid {
-                faults += 1;
-                let (r, f) = tokio::join!(create, async {
-                    tokio::time::sleep(delay).await;
-                    node.inject(fault, &mut rng).await
-                });
-                f?;
-                r
-            } else {
-                create.await
-            };
-            match result {
+            faults += u32::from(mid);
+            match node
+                .step(create, mid.then_some((fault, delay)), &mut rng)
+                .await?
+            {
                 Some((pod, true)) => pods.push(pod),
                 // Refused or broken by the fault: the kubelet removes the pod.
                 Some((pod, false)) => {
@@ -272,17 +283,11 @@ async fn run(args: Args) -> Result<bool, String> {
         } else if roll < 85 {
             let pod = pods.swap_remove(rng.random_range(0..pods.len()));
             let remove = cri.stop_and_remove_pod(&pod);
-            let removed = if mid {
-                faults += 1;
-                let (r, f) = tokio::join!(remove, async {
-                    tokio::time::sleep(delay).await;
-                    node.inject(fault, &mut rng).await
-                });
-                f?;
-                r.is_ok()
-            } else {
-                remove.await.is_ok()
-            };
+            faults += u32::from(mid);
+            let removed = node
+                .step(remove, mid.then_some((fault, delay)), &mut rng)
+                .await?
+                .is_ok();
             if !removed {
                 // Tried again later, as the kubelet would.
                 pods.push(pod);
