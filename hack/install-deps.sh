@@ -16,6 +16,10 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v runc >/dev/null || need_apt+=(runc)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v jq >/dev/null || need_apt+=(jq)
+# Pods with their own network namespace: CNI bridge/host-local/loopback for their eth0, iproute2
+# for the stand-in VF netdevs (veth) the pod-network tests create.
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"
   apt-get update -qq

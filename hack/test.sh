@@ -33,7 +33,7 @@ CONRDMA_CONTAINERD=2.1 CONRDMA_SHIM_TASK_API=2 cargo test --locked -p conrdma-e2
 # The host end-to-end targets again on containerd 1.7 (kept supported alongside 2.x).
 which_containerd 1.7
 CONRDMA_CONTAINERD=1.7 cargo test --locked -p conrdma-e2e \
-  --test nri_plugin --test shim --test conserve --test node_reports --test harness
+  --test nri_plugin --test pod_network --test shim --test conserve --test node_reports --test harness
 # A short chaos soak on each line: kill -9 of plugin, shims and containerd amid pod churn; fails on
 # any leaked allocation, unreset VF rate or double booking (README: "Chaos soak").
 target/debug/conrdma-chaos --cycles 60 --seed 1 --containerd 2.1

@@ -32,6 +32,13 @@ pub struct AllocationRecord {
     /// maxima stays within its bound; the controller raises it from there. Absent: the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_max_mbps: Option<u64>,
+    /// The VF's address inside the pod (`10.77.0.12/24`), where its pool has a network section
+    /// and the pod its own network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The VF's interface name inside the pod (`rdma0`), with `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 impl AllocationRecord {

@@ -232,6 +232,18 @@ fn default_shim_handlers() -> Vec<String> {
 pub struct PoolConfig {
     pub name: String,
     pub pfs: Vec<String>,
+    /// `[pool.network]`: move each pod's VF into the pod's network namespace with an address.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkConfig>,
+}
+
+impl PoolConfig {
+    /// The validated network section (checked when the config was loaded).
+    pub fn network(&self) -> Option<crate::network::PoolNetwork> {
+        self.network
+            .as_ref()
+            .and_then(|n| n.validate(&self.name).ok())
+    }
 }
 
 /// Node defaults for the rdma cgroup, used when a pod sets no `hca-handles`/`hca-objects`.
@@ -296,6 +308,9 @@ impl NodeConfig {
             }
             if !seen_pool.insert(pool.name.as_str()) {
                 return Err(bad(format!("pool {:?} is defined twice", pool.name)));
+            }
+            if let Some(n) = &pool.network {
+                n.validate(&pool.name).map_err(bad)?;
             }
             for pf in &pool.pfs {
                 if let Some(other) = seen_pf.insert(pf, &pool.name) {
@@ -477,6 +492,14 @@ mod tests {
             ("[conserve]\nenable = true", "enable"),
             ("[cri]\nsweep_seconds = 60", "cri.sweep_seconds = 60"),
             ("[cri]\nsweep = 5", "sweep"),
+            (
+                "[[pool]]\nname = \"a\"\npfs = [\"x\"]\n[pool.network]\nsubnet = \"10.0.0.0/33\"",
+                "network.subnet",
+            ),
+            (
+                "[[pool]]\nname = \"a\"\npfs = [\"x\"]\n[pool.network]\nsubnet = \"10.0.0.0/24\"\nmask = 1",
+                "mask",
+            ),
         ] {
             let e = NodeConfig::from_toml(text, "node.toml")
                 .expect_err(text)

@@ -33,6 +33,10 @@ impl CharDev {
 pub struct RdmaDevice {
     pub name: String,
     pub uverbs: Option<CharDev>,
+    /// A software device bound to the VF's netdev (Soft-RoCE) rather than to its PCI function:
+    /// the kernel drops it when the netdev changes network namespace.
+    #[serde(default)]
+    pub soft: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +108,7 @@ fn read_pf(
     net: &Path,
     name: &str,
     device: &Path,
-    by_netdev: &HashMap<String, String>,
+    by_netdev: &HashMap<String, (String, bool)>,
     uverbs: &HashMap<String, CharDev>,
 ) -> Result<Pf> {
     let dev_dir = canonical(device)?;
@@ -159,7 +163,7 @@ fn read_pf(
 fn read_vf(
     link: &Path,
     index: u32,
-    by_netdev: &HashMap<String, String>,
+    by_netdev: &HashMap<String, (String, bool)>,
     uverbs: &HashMap<String, CharDev>,
 ) -> Result<Vf> {
     let dir = canonical(link)?;
@@ -173,10 +177,12 @@ fn read_vf(
     let ib_name = sorted_dir(&dir.join("infiniband"))
         .ok()
         .and_then(|v| v.into_iter().next())
+        .map(|n| (n, false))
         .or_else(|| netdev.as_ref().and_then(|n| by_netdev.get(n).cloned()));
-    let rdma = ib_name.map(|name| RdmaDevice {
+    let rdma = ib_name.map(|(name, soft)| RdmaDevice {
         uverbs: uverbs.get(&name).cloned(),
         name,
+        soft,
     });
     Ok(Vf {
         index,
@@ -186,17 +192,17 @@ fn read_vf(
     })
 }
 
-/// Maps netdev name -> RDMA device name. Soft devices (rxe) name their netdev in `parent`; other
+/// Maps netdev name -> (RDMA device name, soft device). Soft devices (rxe) name their netdev in `parent`; other
 /// devices only through their ports' GID netdev tables, which are scanned only when there is no
 /// `parent` (an rxe port has 1024 GID entries, nearly all unreadable).
-fn rdma_by_netdev(root: &Path) -> HashMap<String, String> {
+fn rdma_by_netdev(root: &Path) -> HashMap<String, (String, bool)> {
     let mut map = HashMap::new();
     let class = root.join("sys/class/infiniband");
     for ib in sorted_dir(&class).unwrap_or_default() {
         let dir = class.join(&ib);
         if let Ok(parent) = read_trimmed(&dir.join("parent")) {
             if !parent.is_empty() {
-                map.entry(parent).or_insert_with(|| ib.clone());
+                map.entry(parent).or_insert_with(|| (ib.clone(), true));
                 continue;
             }
         }
@@ -206,13 +212,18 @@ fn rdma_by_netdev(root: &Path) -> HashMap<String, String> {
                 // Unused GID entries fail to read (EINVAL): they carry no binding.
                 if let Ok(nd) = read_trimmed(&ndevs.join(gid)) {
                     if !nd.is_empty() {
-                        map.entry(nd).or_insert_with(|| ib.clone());
+                        map.entry(nd).or_insert_with(|| (ib.clone(), false));
                     }
                 }
             }
         }
     }
     map
+}
+
+/// The uverbs node of RDMA device `ibdev` as sysfs under `root` shows it now.
+pub fn uverbs_of(root: &Path, ibdev: &str) -> Option<CharDev> {
+    uverbs_by_ibdev(root).remove(ibdev)
 }
 
 /// Maps RDMA device name -> its uverbs character device.

@@ -65,6 +65,10 @@ pub enum CoreError {
         class: ErrorClass,
     },
 
+    /// Moving a VF netdev (or its RDMA device) into or out of a pod's network namespace failed.
+    #[error("{reason}")]
+    PodNetwork { reason: String, class: ErrorClass },
+
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -86,7 +90,7 @@ impl CoreError {
             CoreError::Config { .. }
             | CoreError::Discovery { .. }
             | CoreError::LedgerCorrupt { .. } => ErrorClass::Precondition,
-            CoreError::Limiter { class, .. } => *class,
+            CoreError::Limiter { class, .. } | CoreError::PodNetwork { class, .. } => *class,
             CoreError::Io { .. } => ErrorClass::Internal,
         }
     }

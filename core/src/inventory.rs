@@ -6,6 +6,7 @@ use tracing::warn;
 
 use crate::config::NodeConfig;
 use crate::discovery::{CharDev, Node};
+use crate::network::PoolNetwork;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Inventory {
@@ -17,6 +18,8 @@ pub struct Inventory {
 pub struct PoolInv {
     pub name: String,
     pub pfs: Vec<PfInv>,
+    /// Set: pods with their own network namespace get the VF moved in, with an address.
+    pub network: Option<PoolNetwork>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +41,8 @@ pub struct VfInv {
     pub netdev: String,
     pub rdma_device: String,
     pub uverbs: CharDev,
+    /// Soft-RoCE: re-created on the netdev wherever the netdev goes.
+    pub rdma_soft: bool,
 }
 
 impl Inventory {
@@ -48,6 +53,7 @@ impl Inventory {
             .map(|p| PoolInv {
                 name: p.name.clone(),
                 pfs: Vec::new(),
+                network: p.network(),
             })
             .collect();
         for pf in &node.pfs {
@@ -73,6 +79,7 @@ impl Inventory {
                         netdev: netdev.clone(),
                         rdma_device: rdma.name.clone(),
                         uverbs: uverbs.clone(),
+                        rdma_soft: rdma.soft,
                     })
                 })
                 .collect();
@@ -90,6 +97,7 @@ impl Inventory {
                 None => pools.push(PoolInv {
                     name: pool_name.to_string(),
                     pfs: vec![inv],
+                    network: None,
                 }),
             }
         }

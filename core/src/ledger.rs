@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -18,9 +19,10 @@ use tracing::{info, warn};
 use crate::allocation::AllocationRecord;
 use crate::error::{CoreError, Result};
 use crate::inventory::{Inventory, PfInv, PoolInv};
+use crate::network::{Cidr, StaticAddress};
 use crate::private_fs;
 use crate::rate::format_mbps;
-use crate::request::{Request, KEY_POOL};
+use crate::request::{Request, KEY_ADDRESS, KEY_POOL};
 
 const LEDGER_FILE: &str = "ledger.json";
 const LOCK_FILE: &str = "ledger.lock";
@@ -43,6 +45,45 @@ pub struct Held {
     /// plugin resets it at release.
     #[serde(default)]
     pub plugin_enforced: bool,
+    /// Where the VF netdev is, for a pod in its own network namespace in a pool with a network
+    /// section. Written before the netdev moves, so a crash mid-move leaves a trace to finish from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<PodNet>,
+}
+
+/// A VF netdev lent to a pod's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNet {
+    /// The pod's network namespace (the nsfs file containerd bind-mounts).
+    pub netns: PathBuf,
+    pub phase: NetPhase,
+    /// The netdev's MTU on the host before the move, put back on return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mtu: Option<u32>,
+    /// The uverbs node of the Soft-RoCE device re-created in the pod (it replaces the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_uverbs: Option<crate::discovery::CharDev>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetPhase {
+    /// Address booked; the move may have started (or been cut short by a crash).
+    Booked,
+    /// In the pod, addressed and up.
+    InPod,
+    /// Back on the host under its own name: the VF may go to the next pod once the booking is
+    /// released.
+    Returned,
+}
+
+impl Held {
+    /// Whether the VF netdev may be anywhere but home, so the booking must not be released yet.
+    pub fn net_out(&self) -> bool {
+        self.net
+            .as_ref()
+            .is_some_and(|n| n.phase != NetPhase::Returned)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,10 +207,33 @@ impl Ledger {
         req: &Request,
         finish: impl FnOnce(&mut Held),
     ) -> Result<(AllocationRecord, bool)> {
+        self.admit_in(inv, pod, req, None, finish)
+    }
+
+    /// [`Ledger::admit`] for a pod whose network namespace is `netns` (`None`: the host's). In a
+    /// pool with a network section such a pod also gets an address, booked in the same write as
+    /// its VF.
+    pub fn admit_in(
+        &mut self,
+        inv: &Inventory,
+        pod: &PodRef,
+        req: &Request,
+        netns: Option<&Path>,
+        finish: impl FnOnce(&mut Held),
+    ) -> Result<(AllocationRecord, bool)> {
         if let Some(h) = self.held.get(&pod.id) {
             return Ok((h.record.clone(), false));
         }
-        let pools: Vec<&PoolInv> = match &req.pool {
+        let fixed = req.static_address();
+        if let (Some(a), None) = (&fixed, netns) {
+            return Err(CoreError::InvalidAnnotation {
+                key: KEY_ADDRESS.into(),
+                value: a.text.clone(),
+                reason: "the pod shares the host's network namespace (hostNetwork), where its VF stays without an address".into(),
+                accepted: "a static address only on pods with their own network namespace".into(),
+            });
+        }
+        let mut pools: Vec<&PoolInv> = match &req.pool {
             Some(name) => vec![inv.pool(name).ok_or_else(|| {
                 let known: Vec<&str> = inv.pools.iter().map(|p| p.name.as_str()).collect();
                 CoreError::NotFound(format!(
@@ -183,12 +247,30 @@ impl Ledger {
             })?],
             None => inv.pools.iter().collect(),
         };
+        if let Some(a) = &fixed {
+            pools = self.pools_for_address(inv, pools, req, a)?;
+        }
+        // Pools whose range is used up cannot take a pod that needs an address from them.
+        let addressed = |pool: &PoolInv| netns.is_some() && pool.network.is_some();
+        let exhausted: Vec<&str> = pools
+            .iter()
+            .filter(|p| addressed(p) && fixed.is_none())
+            .filter(|p| {
+                p.network
+                    .as_ref()
+                    .is_some_and(|n| n.free(&self.addresses_in(&p.name)).is_none())
+            })
+            .map(|p| p.name.as_str())
+            .collect();
         let ask = req.guaranteed_mbps();
         // Policy: the PF with the most guaranteed headroom that still fits the pod (spreads load
         // and keeps the largest gaps open for big pods elsewhere); ties go to the PF with fewer
         // pods, then to configuration order. Within the PF, the lowest free VF index.
         let mut best: Option<(u64, usize, &PoolInv, &PfInv, u32)> = None;
         for pool in &pools {
+            if exhausted.contains(&pool.name.as_str()) {
+                continue;
+            }
             for pf in &pool.pfs {
                 let (held_mbps, pods) = self.pf_load(&pf.name);
                 let headroom = pf.capacity_mbps.saturating_sub(held_mbps);
@@ -213,7 +295,25 @@ impl Ledger {
             }
         }
         let Some((_, _, pool, pf, vf_index)) = best else {
-            return Err(CoreError::Insufficient(self.refusal(&pools, req)));
+            let mut why = self.refusal(&pools, req);
+            for name in exhausted {
+                if let Some(n) = inv.pool(name).and_then(|p| p.network.as_ref()) {
+                    why.push_str(&format!(
+                        "; pool {name}: no free address in {}-{} ({} in use)",
+                        n.first,
+                        n.last,
+                        self.addresses_in(name).len()
+                    ));
+                }
+            }
+            return Err(CoreError::Insufficient(why));
+        };
+        let address = match (pool.network.as_ref(), netns) {
+            (Some(n), Some(_)) => match &fixed {
+                Some(a) => Some(n.check_static(&pool.name, a)?),
+                None => n.free(&self.addresses_in(&pool.name)),
+            },
+            _ => None,
         };
         let vf = pf
             .vfs
@@ -237,11 +337,23 @@ impl Ledger {
             uverbs: vf.uverbs.dev_path(),
             rdma_cgroup: String::new(),
             start_max_mbps: None,
+            address: address.map(|a| a.to_string()),
+            ifname: address.and(pool.network.as_ref().map(|n| n.ifname.clone())),
+        };
+        let net = match (address, netns) {
+            (Some(_), Some(ns)) => Some(PodNet {
+                netns: ns.to_path_buf(),
+                phase: NetPhase::Booked,
+                host_mtu: None,
+                soft_uverbs: None,
+            }),
+            _ => None,
         };
         let mut held = Held {
             pod: pod.clone(),
             record,
             plugin_enforced: false,
+            net,
         };
         finish(&mut held);
         let record = held.record.clone();
@@ -291,6 +403,17 @@ impl Ledger {
         Ok(released)
     }
 
+    /// Pods missing from `live` (admitted no later than `mark`) whose VF netdev may still be out
+    /// of the host: to be brought home before [`Ledger::sweep`] or [`Ledger::reconcile`] frees them.
+    pub fn gone_out(&self, live: &HashSet<String>, mark: u64) -> Vec<Held> {
+        self.held
+            .values()
+            .filter(|h| !live.contains(&h.pod.id) && h.net_out())
+            .filter(|h| self.admitted_at.get(&h.pod.id).copied().unwrap_or(0) <= mark)
+            .cloned()
+            .collect()
+    }
+
     /// Removes (in memory) the pods missing from `live` that were admitted no later than `mark`.
     fn take_gone(&mut self, live: &HashSet<String>, mark: u64) -> Vec<Held> {
         let gone: Vec<String> = self
@@ -298,6 +421,8 @@ impl Ledger {
             .keys()
             .filter(|id| !live.contains(*id))
             .filter(|id| self.admitted_at.get(*id).copied().unwrap_or(0) <= mark)
+            // Their VF must be brought home first (the caller does, then marks it returned).
+            .filter(|id| !self.held.get(*id).is_some_and(Held::net_out))
             .cloned()
             .collect();
         gone.iter().filter_map(|id| self.held.remove(id)).collect()
@@ -373,6 +498,107 @@ impl Ledger {
                 }
             })
             .collect()
+    }
+
+    /// Replaces the pod's entry with what `change` makes of it, durably; the entry is unchanged
+    /// if the write fails. `None`: the pod holds nothing.
+    pub fn update(&mut self, pod_id: &str, change: impl FnOnce(&mut Held)) -> Result<Option<Held>> {
+        let Some(before) = self.held.get(pod_id).cloned() else {
+            return Ok(None);
+        };
+        let mut after = before.clone();
+        change(&mut after);
+        if after == before {
+            return Ok(Some(after));
+        }
+        self.held.insert(pod_id.to_string(), after.clone());
+        if let Err(e) = self.persist() {
+            self.held.insert(pod_id.to_string(), before);
+            return Err(e);
+        }
+        Ok(Some(after))
+    }
+
+    /// The addresses booked in `pool`.
+    fn addresses_in(&self, pool: &str) -> HashSet<Ipv4Addr> {
+        self.held
+            .values()
+            .filter(|h| h.record.pool == pool)
+            .filter_map(|h| h.record.address.as_deref())
+            .filter_map(|a| Cidr::parse(a).ok())
+            .map(|c| c.addr)
+            .collect()
+    }
+
+    /// Narrows `pools` to those whose subnet holds the pod's static address, refusing (naming the
+    /// annotation) when none does or the address is taken.
+    fn pools_for_address<'i>(
+        &self,
+        inv: &'i Inventory,
+        pools: Vec<&'i PoolInv>,
+        req: &Request,
+        want: &StaticAddress,
+    ) -> Result<Vec<&'i PoolInv>> {
+        let refuse = |reason: String, accepted: String| CoreError::InvalidAnnotation {
+            key: KEY_ADDRESS.into(),
+            value: want.text.clone(),
+            reason,
+            accepted,
+        };
+        let fits: Vec<&PoolInv> = pools
+            .into_iter()
+            .filter(|p| {
+                p.network
+                    .as_ref()
+                    .is_some_and(|n| n.subnet.contains(want.addr))
+            })
+            .collect();
+        if fits.is_empty() {
+            let nets: Vec<String> = inv
+                .pools
+                .iter()
+                .filter(|p| req.pool.as_ref().is_none_or(|n| n == &p.name))
+                .filter_map(|p| {
+                    p.network
+                        .as_ref()
+                        .map(|n| format!("{} ({})", p.name, n.subnet))
+                })
+                .collect();
+            return Err(refuse(
+                format!(
+                    "no pool{} has a network whose subnet holds {}",
+                    match &req.pool {
+                        Some(p) => format!(" named {p}"),
+                        None => String::new(),
+                    },
+                    want.addr
+                ),
+                if nets.is_empty() {
+                    "none: no pool here has a network section".into()
+                } else {
+                    format!("an address in the subnet of {}", nets.join(", "))
+                },
+            ));
+        }
+        for p in &fits {
+            if let Some(h) = self.held.values().find(|h| {
+                h.record.pool == p.name
+                    && h.record
+                        .address
+                        .as_deref()
+                        .and_then(|a| Cidr::parse(a).ok())
+                        .is_some_and(|c| c.addr == want.addr)
+            }) {
+                return Err(refuse(
+                    format!(
+                        "{} is already in use by pod {}/{}",
+                        want.addr, h.pod.namespace, h.pod.name
+                    ),
+                    "an address no other pod holds".into(),
+                ));
+            }
+        }
+        Ok(fits)
     }
 
     fn pf_load(&self, pf: &str) -> (u64, usize) {

@@ -6,13 +6,17 @@
 pub mod allocation;
 pub mod config;
 pub mod conserve;
+pub mod crash;
 pub mod discovery;
 pub mod error;
 pub mod inventory;
 pub mod ledger;
 pub mod limiter;
+pub mod netns;
+pub mod network;
 pub mod private_fs;
 pub mod rate;
+pub mod rdma_netlink;
 pub mod report;
 pub mod request;
 pub mod simulate;

@@ -490,6 +490,7 @@ mod tests {
                 major: 231,
                 minor: i as i64,
             },
+            rdma_soft: false,
         };
         let pfinv = |name: &str, cap: u64| PfInv {
             name: name.into(),
@@ -503,6 +504,7 @@ mod tests {
             pools: vec![PoolInv {
                 name: "default".into(),
                 pfs: vec![pfinv("a", 100_000), pfinv("b", 25_000)],
+                network: None,
             }],
             rdma_cm: None,
         };
@@ -518,6 +520,8 @@ mod tests {
             uverbs: String::new(),
             rdma_cgroup: String::new(),
             start_max_mbps: None,
+            address: None,
+            ifname: None,
         };
         let held = [rec("a", 0, 10_000), rec("a", 2, 5_000), rec("gone", 0, 1)];
         let r = NodeReport::from_inventory("worker-1", 5, &inv, held.iter());

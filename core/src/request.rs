@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
+use crate::network::StaticAddress;
 use crate::rate::Rate;
 use crate::ANNOTATION_PREFIX;
 
@@ -16,16 +17,19 @@ pub const KEY_POOL: &str = "rdma.conrdma.io/pool";
 pub const KEY_CONTAINERS: &str = "rdma.conrdma.io/containers";
 pub const KEY_HCA_HANDLES: &str = "rdma.conrdma.io/hca-handles";
 pub const KEY_HCA_OBJECTS: &str = "rdma.conrdma.io/hca-objects";
+/// A fixed address for the pod's VF in a pool with a network section.
+pub const KEY_ADDRESS: &str = "rdma.conrdma.io/address";
 /// Written by the NRI plugin on containers; a pod may not set it.
 pub const KEY_ALLOCATION: &str = "rdma.conrdma.io/allocation";
 
-const REQUEST_KEYS: [&str; 6] = [
+const REQUEST_KEYS: [&str; 7] = [
     KEY_BANDWIDTH,
     KEY_LIMIT,
     KEY_POOL,
     KEY_CONTAINERS,
     KEY_HCA_HANDLES,
     KEY_HCA_OBJECTS,
+    KEY_ADDRESS,
 ];
 
 const NAME_FORM: &str = "a DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit";
@@ -41,6 +45,9 @@ pub struct Request {
     pub containers: Option<BTreeSet<String>>,
     pub hca_handles: Option<u32>,
     pub hca_objects: Option<u32>,
+    /// `rdma.conrdma.io/address` as written (validated by [`StaticAddress::parse`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl Request {
@@ -115,6 +122,10 @@ impl Request {
                         req.hca_objects = Some(n);
                     }
                 }
+                KEY_ADDRESS => {
+                    StaticAddress::parse(value)?;
+                    req.address = Some(value.trim().to_string());
+                }
                 KEY_ALLOCATION => {
                     return Err(invalid(
                         "is written by ConRDMA on containers and cannot be requested by a pod",
@@ -143,6 +154,13 @@ impl Request {
     }
 
     /// Whether the container of this name gets the pod's devices.
+    /// The pod's static address, if it asked for one (validated when the request was read).
+    pub fn static_address(&self) -> Option<StaticAddress> {
+        self.address
+            .as_deref()
+            .and_then(|a| StaticAddress::parse(a).ok())
+    }
+
     pub fn applies_to(&self, container: &str) -> bool {
         self.containers
             .as_ref()

@@ -6,7 +6,7 @@ use conrdma_core::config::NodeConfig;
 use conrdma_core::discovery::discover;
 use conrdma_core::error::ErrorClass;
 use conrdma_core::inventory::Inventory;
-use conrdma_core::ledger::{Ledger, PodRef};
+use conrdma_core::ledger::{Ledger, NetPhase, PodRef};
 use conrdma_core::rate::Rate;
 use conrdma_core::request::Request;
 use conrdma_core::simulate::{build, Binding, SimOptions};
@@ -230,6 +230,7 @@ fn reconcile_frees_gone_pods_and_adopts_recorded_ones() {
             pod: pod(4),
             record: r2.clone(),
             plugin_enforced: false,
+            net: None,
         },
     ];
     let live: HashSet<String> = ["sandbox-2", "sandbox-3", "sandbox-4"]
@@ -356,4 +357,143 @@ fn guarantees_summing_past_u64_max_saturate() {
     let held: Vec<_> = l.held().map(|h| &h.record).collect();
     let report = conrdma_core::report::NodeReport::from_inventory("n", 0, &inv, held);
     assert_eq!(report.pools[0].pfs[0].guaranteed_mbps, u64::MAX);
+}
+
+const NET_POOL: &str = "[[pool]]\nname = \"fabric-a\"\npfs = [\"ens1f0\"]\n[pool.network]\nsubnet = \"10.77.0.0/24\"\nrange = \"10.77.0.10-10.77.0.12\"\ngateway = \"10.77.0.1\"\n[[pool]]\nname = \"plain\"\npfs = [\"ens1f1\"]";
+
+fn netns(n: usize) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/var/run/netns/cni-{n}"))
+}
+
+#[test]
+fn pods_in_their_own_netns_get_distinct_addresses_that_survive_a_reopen() {
+    let (_sys, inv) = inventory(2, 8, "100G", NET_POOL);
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let ask = req(&[("pool", "fabric-a"), ("bandwidth", "1G")]);
+    let mut got = Vec::new();
+    for i in 0..2 {
+        let (r, _) = l
+            .admit_in(&inv, &pod(i), &ask, Some(&netns(i)), |_| {})
+            .unwrap();
+        assert_eq!(r.ifname.as_deref(), Some("rdma0"));
+        got.push(r.address.unwrap());
+    }
+    assert_eq!(got, ["10.77.0.10/24", "10.77.0.11/24"]);
+    let h = l.get("sandbox-0").unwrap();
+    let net = h.net.as_ref().unwrap();
+    assert_eq!((net.netns.clone(), net.phase), (netns(0), NetPhase::Booked));
+    // A hostNetwork pod in the same pool keeps its VF on the host: no address.
+    let (r, _) = l.admit_in(&inv, &pod(5), &ask, None, |_| {}).unwrap();
+    assert_eq!(
+        (r.address, r.ifname, l.get("sandbox-5").unwrap().net.clone()),
+        (None, None, None)
+    );
+    // A pool without a network section never addresses.
+    let plain = req(&[("pool", "plain")]);
+    let (r, _) = l
+        .admit_in(&inv, &pod(6), &plain, Some(&netns(6)), |_| {})
+        .unwrap();
+    assert_eq!(r.address, None);
+    drop(l);
+    let mut l = Ledger::open(state.path()).unwrap();
+    // Reopened: the booked addresses are still taken; a freed one is handed out again.
+    l.release("sandbox-0").unwrap();
+    let (r, _) = l
+        .admit_in(&inv, &pod(2), &ask, Some(&netns(2)), |_| {})
+        .unwrap();
+    assert_eq!(r.address.as_deref(), Some("10.77.0.10/24"));
+}
+
+#[test]
+fn a_used_up_range_and_bad_static_addresses_are_refused_naming_why() {
+    let (_sys, inv) = inventory(2, 8, "100G", NET_POOL);
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let ask = req(&[("pool", "fabric-a")]);
+    for i in 0..3 {
+        l.admit_in(&inv, &pod(i), &ask, Some(&netns(i)), |_| {})
+            .unwrap();
+    }
+    let e = l
+        .admit_in(&inv, &pod(3), &ask, Some(&netns(3)), |_| {})
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Exhausted);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("no free address in 10.77.0.10-10.77.0.12 (3 in use)"),
+        "{msg}"
+    );
+    // Static: inside the subnet but outside the range is fine; a taken one, one outside the
+    // subnet, the gateway, and one on a hostNetwork pod are refused.
+    let fixed = |a: &str| req(&[("address", a)]);
+    let (r, _) = l
+        .admit_in(
+            &inv,
+            &pod(7),
+            &fixed("10.77.0.200/24"),
+            Some(&netns(7)),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(
+        (r.pool.as_str(), r.address.as_deref()),
+        ("fabric-a", Some("10.77.0.200/24"))
+    );
+    for (a, ns, needle) in [
+        (
+            "10.77.0.200",
+            Some(netns(8)),
+            "already in use by pod default/pod-7",
+        ),
+        (
+            "10.99.0.5/24",
+            Some(netns(8)),
+            "no pool has a network whose subnet holds 10.99.0.5",
+        ),
+        ("10.77.0.1", Some(netns(8)), "gateway"),
+        ("10.77.0.5/24", None, "hostNetwork"),
+    ] {
+        let e = l
+            .admit_in(&inv, &pod(8), &fixed(a), ns.as_deref(), |_| {})
+            .unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.class(), ErrorClass::InvalidInput, "{msg}");
+        assert!(
+            msg.contains("rdma.conrdma.io/address") && msg.contains(needle),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+    assert!(l.get("sandbox-8").is_none(), "refusals book nothing");
+}
+
+#[test]
+fn a_gone_pod_whose_vf_is_out_is_not_freed_until_it_is_returned() {
+    let (_sys, inv) = inventory(2, 8, "100G", NET_POOL);
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let ask = req(&[("pool", "fabric-a")]);
+    l.admit_in(&inv, &pod(1), &ask, Some(&netns(1)), |_| {})
+        .unwrap();
+    let none = HashSet::new();
+    let mark = l.mark();
+    assert_eq!(l.gone_out(&none, mark).len(), 1);
+    assert!(
+        l.sweep(&none, mark).unwrap().is_empty(),
+        "booked: VF may be in the pod"
+    );
+    l.update("sandbox-1", |h| {
+        h.net.as_mut().unwrap().phase = NetPhase::InPod
+    })
+    .unwrap();
+    assert!(l.sweep(&none, mark).unwrap().is_empty(), "in the pod");
+    l.update("sandbox-1", |h| {
+        h.net.as_mut().unwrap().phase = NetPhase::Returned
+    })
+    .unwrap();
+    assert!(l.gone_out(&none, mark).is_empty());
+    let freed = l.sweep(&none, mark).unwrap();
+    assert_eq!(freed.len(), 1);
+    assert_eq!(Ledger::snapshot(state.path()).unwrap(), vec![]);
 }

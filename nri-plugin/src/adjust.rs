@@ -60,7 +60,16 @@ pub fn adjustment(
         ("CONRDMA_VF_PCI", rec.vf_pci.clone()),
         ("CONRDMA_GUARANTEED_MBPS", rec.guaranteed_mbps.to_string()),
         ("CONRDMA_LIMIT_MBPS", rec.limit_mbps.to_string()),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        [
+            ("CONRDMA_ADDRESS", rec.address.clone()),
+            ("CONRDMA_IFNAME", rec.ifname.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v))),
+    ) {
         let mut kv = KeyValue::new();
         kv.key = k.to_string();
         kv.value = v;
@@ -147,6 +156,8 @@ mod tests {
             uverbs: "/dev/infiniband/uverbs5".into(),
             rdma_cgroup: "mlx5_5 hca_handle=2 hca_object=max".into(),
             start_max_mbps: None,
+            address: None,
+            ifname: None,
         };
         let uv = CharDev {
             name: "uverbs5".into(),

@@ -790,7 +790,7 @@ mod tests {
             namespace: "default".into(),
             name: name.into(),
         };
-        node.grant(&pod, &req, "conrdma").unwrap().record
+        node.grant(&pod, &req, "conrdma", None).unwrap().record
     }
 
     fn sum(b: &Bench) -> u64 {

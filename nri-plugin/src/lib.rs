@@ -8,6 +8,7 @@ pub mod conserve;
 pub mod error;
 pub mod node;
 pub mod plugin;
+pub mod podnet;
 pub mod report;
 pub mod steering;
 pub mod sweep;

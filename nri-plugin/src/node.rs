@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use conrdma_core::discovery::{discover, CharDev};
-use conrdma_core::ledger::{Held, PodRef, Reconciled};
+use conrdma_core::ledger::{Held, NetPhase, PodNet, PodRef, Reconciled};
 use conrdma_core::limiter::{LimiterSpec, RateLimiter};
+use conrdma_core::netns::{NetlinkNetworking, PodNetworking};
 use conrdma_core::request::KEY_ALLOCATION;
 use conrdma_core::{AllocationRecord, Inventory, Ledger, NodeConfig, Request};
 use tracing::{debug, error, info, warn};
@@ -22,10 +23,16 @@ use crate::steering::{Outcome, Steering};
 const STEER_WAIT_MAX: Duration = Duration::from_secs(1);
 
 pub struct NodeState {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     cfg: RwLock<Arc<NodeConfig>>,
     inventory: RwLock<Arc<Inventory>>,
     ledger: Mutex<Ledger>,
+    /// Moves VF netdevs into pods' network namespaces and back.
+    pub(crate) net: Arc<dyn PodNetworking>,
+    /// One move at a time: a stop, a release and a sweep of the same pod must not interleave.
+    pub(crate) net_lock: Mutex<()>,
+    /// RDMA devices are per network namespace (`rdma system set netns exclusive`).
+    pub(crate) rdma_exclusive: bool,
     cgroup: RdmaCgroup,
     /// Set when the node config asks the plugin to enforce rates itself (`[enforce] enabled`).
     limiter: Option<Box<dyn RateLimiter>>,
@@ -47,6 +54,17 @@ pub struct Grant {
 impl NodeState {
     /// Discovers the node under `root`, opens (and locks) the ledger in `state_dir`.
     pub fn open(root: &Path, state_dir: &Path, cfg: NodeConfig) -> Result<NodeState, PluginError> {
+        let net = Arc::new(NetlinkNetworking::new(root));
+        Self::open_with(root, state_dir, cfg, net)
+    }
+
+    /// [`NodeState::open`] with the pod-network step given (tests inject theirs).
+    pub fn open_with(
+        root: &Path,
+        state_dir: &Path,
+        cfg: NodeConfig,
+        net: Arc<dyn PodNetworking>,
+    ) -> Result<NodeState, PluginError> {
         let node = discover(root)?;
         let inventory = Inventory::build(&node, &cfg);
         let ledger = Ledger::open(state_dir)?;
@@ -60,11 +78,15 @@ impl NodeState {
             };
             spec.build()
         });
+        // Asked only where a pool moves VFs: other nodes never touch RDMA netlink.
+        let rdma_exclusive =
+            cfg.pools.iter().any(|p| p.network.is_some()) && crate::podnet::rdma_exclusive();
         info!(
             pfs = node.pfs.len(),
             vfs = inventory.vf_count(),
             held = ledger.held().count(),
             rdma_cgroup = ?cgroup,
+            rdma_exclusive,
             "node state ready"
         );
         Ok(NodeState {
@@ -72,6 +94,9 @@ impl NodeState {
             cfg: RwLock::new(Arc::new(cfg)),
             inventory: RwLock::new(Arc::new(inventory)),
             ledger: Mutex::new(ledger),
+            net,
+            net_lock: Mutex::new(()),
+            rdma_exclusive,
             cgroup,
             limiter,
             changed: tokio::sync::Notify::new(),
@@ -113,7 +138,7 @@ impl NodeState {
         self.refresh()
     }
 
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock cannot leave the ledger half-updated on disk (writes are
         // atomic) and the in-memory map is restored on failure, so the data is still sound.
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
@@ -122,16 +147,19 @@ impl NodeState {
     /// Admits the pod (or finds its existing allocation) and resolves its device numbers. Where the
     /// plugin enforces rates for pods outside the ConRDMA runtime, it also sets the VF's rate, and
     /// if that fails the admission is undone: an unenforced pod must not run unlimited.
+    /// `netns` is the pod's network namespace (`None`: hostNetwork); in a pool with a network
+    /// section the VF netdev is moved into it before this returns.
     pub fn grant(
         &self,
         pod: &PodRef,
         req: &Request,
         runtime_handler: &str,
+        netns: Option<&Path>,
     ) -> Result<Grant, PluginError> {
         let inv = self.inventory();
         let cfg = self.config();
         let enforce = self.enforces(&cfg, runtime_handler);
-        let (record, fresh) = self.ledger().admit(&inv, pod, req, |h| {
+        let (mut record, fresh) = self.ledger().admit_in(&inv, pod, req, netns, |h| {
             h.record.rdma_cgroup =
                 rdma_cgroup_decision(self.cgroup, req, &cfg, &h.record.rdma_device);
             h.plugin_enforced = enforce;
@@ -158,16 +186,38 @@ impl NodeState {
                 }
             }
         }
-        let uverbs = inv
-            .pf(&record.pf)
-            .and_then(|(_, pf)| pf.vfs.iter().find(|v| v.index == record.vf))
-            .map(|v| v.uverbs.clone())
-            .ok_or_else(|| {
-                PluginError::Setup(format!(
-                    "VF {} of {} held by this pod is no longer on the node (driver unbound?)",
-                    record.vf, record.pf
-                ))
-            })?;
+        let mut soft_uverbs = None;
+        if record.address.is_some() {
+            match self.settle_net(&pod.id) {
+                Ok(Some(h)) => {
+                    soft_uverbs = NodeState::uverbs_for(&h);
+                    record = h.record;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Never a half-set-up pod: bring the VF home and, for a new pod, free it.
+                    if let Err(back) = self.return_net(&pod.id) {
+                        error!(pod_id = %pod.id, error = %back, "returning the VF netdev after a failed move failed; it stays booked and is retried");
+                    } else if fresh {
+                        if let Err(undo) = self.release(&pod.id) {
+                            error!(pod_id = %pod.id, error = %undo, "undoing the admission failed");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let uverbs = soft_uverbs.map(Ok).unwrap_or_else(|| {
+            inv.pf(&record.pf)
+                .and_then(|(_, pf)| pf.vfs.iter().find(|v| v.index == record.vf))
+                .map(|v| v.uverbs.clone())
+                .ok_or_else(|| {
+                    PluginError::Setup(format!(
+                        "VF {} of {} held by this pod is no longer on the node (driver unbound?)",
+                        record.vf, record.pf
+                    ))
+                })
+        })?;
         if fresh {
             self.changed.notify_one();
         }
@@ -206,8 +256,16 @@ impl NodeState {
                 .any(|h| h == runtime_handler)
     }
 
-    /// Frees the pod's allocation, and its VF's rate where the plugin had set it.
+    /// Brings the pod's VF netdev home at StopPodSandbox, before containerd deletes the pod's
+    /// network namespace; the VF stays booked until the pod is removed.
+    pub fn stop(&self, pod_id: &str) -> Result<(), PluginError> {
+        self.return_net(pod_id)
+    }
+
+    /// Frees the pod's allocation, and its VF's rate where the plugin had set it. A VF netdev
+    /// lent to the pod is brought home first; if that fails the VF stays booked.
     pub fn release(&self, pod_id: &str) -> Result<Option<Held>, PluginError> {
+        self.return_net(pod_id)?;
         let held = self.ledger().release(pod_id)?;
         self.after_release(held.as_slice());
         Ok(held)
@@ -224,21 +282,22 @@ impl NodeState {
     }
 
     /// Reconciles the ledger with containerd's view: `pods` are the live sandboxes with their
-    /// runtime handler, `containers` their live containers as (pod id, annotations).
+    /// runtime handler and network namespace (`None`: the host's), `containers` their live
+    /// containers as (pod id, annotations).
     pub fn reconcile<'a>(
         &self,
-        pods: impl IntoIterator<Item = (PodRef, &'a str)>,
+        pods: impl IntoIterator<Item = (PodRef, &'a str, Option<PathBuf>)>,
         containers: impl IntoIterator<Item = (&'a str, &'a HashMap<String, String>)>,
     ) -> Result<Reconciled, PluginError> {
         let cfg = self.config();
-        let pods: HashMap<String, (PodRef, &str)> = pods
+        let pods: HashMap<String, (PodRef, &str, Option<PathBuf>)> = pods
             .into_iter()
-            .map(|(p, h)| (p.id.clone(), (p, h)))
+            .map(|(p, h, ns)| (p.id.clone(), (p, h, ns)))
             .collect();
         let live: HashSet<String> = pods.keys().cloned().collect();
         let mut found: HashMap<String, Held> = HashMap::new();
         for (pod_id, annotations) in containers {
-            let (Some((pod, handler)), Some(json)) =
+            let (Some((pod, handler, netns)), Some(json)) =
                 (pods.get(pod_id), annotations.get(KEY_ALLOCATION))
             else {
                 continue;
@@ -246,18 +305,32 @@ impl NodeState {
             match AllocationRecord::from_json(json) {
                 Ok(record) => {
                     let plugin_enforced = self.enforces(&cfg, handler);
+                    // A container runs, so a VF with an address is in the pod: it must come home
+                    // before the VF is freed.
+                    let net = match (&record.address, netns) {
+                        (Some(_), Some(ns)) => Some(PodNet {
+                            netns: ns.clone(),
+                            phase: NetPhase::InPod,
+                            host_mtu: None,
+                            soft_uverbs: None,
+                        }),
+                        _ => None,
+                    };
                     found.entry(pod_id.to_string()).or_insert(Held {
                         pod: pod.clone(),
                         record,
                         plugin_enforced,
+                        net,
                     });
                 }
                 Err(e) => warn!(pod_id, error = %e, "ignoring unreadable allocation annotation"),
             }
         }
+        self.return_gone(&live, u64::MAX);
         let out = self
             .ledger()
             .reconcile(&live, found.into_values().collect())?;
+        self.finish_booked(&live);
         self.after_release(&out.released);
         if !out.adopted.is_empty() {
             self.changed.notify_one();
@@ -273,6 +346,7 @@ impl NodeState {
     /// Frees the allocations of pods missing from `live` (all sandboxes containerd holds, listed
     /// after `mark`), and their VF rates where the plugin had set them.
     pub fn sweep(&self, live: &HashSet<String>, mark: u64) -> Result<Vec<Held>, PluginError> {
+        self.return_gone(live, mark);
         let released = self.ledger().sweep(live, mark)?;
         self.after_release(&released);
         Ok(released)

@@ -101,9 +101,15 @@ impl Plugin {
         else {
             return Ok(resp);
         };
+        let netns = crate::podnet::pod_netns(pod);
         let grant = self
             .node()?
-            .grant(&pod_ref(pod), &request, &pod.runtime_handler)
+            .grant(
+                &pod_ref(pod),
+                &request,
+                &pod.runtime_handler,
+                netns.as_deref(),
+            )
             .inspect_err(|e| warn!(error = %e, "refused"))?;
         let rec = &grant.record;
         if grant.fresh {
@@ -116,6 +122,33 @@ impl Plugin {
         }
         resp.adjust = Some(adjustment(rec, &grant.uverbs, grant.rdma_cm.as_ref())).into();
         Ok(resp)
+    }
+
+    /// RunPodSandbox: a pod with its own network namespace is admitted here, before any of its
+    /// containers exists, so a VF netdev moved into it is in place (and any refusal fails the pod
+    /// at sandbox start, as a CNI failure would). hostNetwork pods are admitted at CreateContainer.
+    pub fn run_pod(&self, pod: &PodSandbox) -> Result<(), PluginError> {
+        let Some(netns) = crate::podnet::pod_netns(pod) else {
+            return Ok(());
+        };
+        let span = info_span!("run_pod_sandbox", pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name));
+        let _g = span.enter();
+        let Some(request) = Request::from_annotations(&pod.annotations)
+            .inspect_err(|e| warn!(error = %e, "refused"))?
+        else {
+            return Ok(());
+        };
+        let grant = self
+            .node()?
+            .grant(&pod_ref(pod), &request, &pod.runtime_handler, Some(&netns))
+            .inspect_err(|e| warn!(error = %e, "refused"))?;
+        let rec = &grant.record;
+        if grant.fresh {
+            info!(pool = %rec.pool, pf = %rec.pf, vf = rec.vf, rdma_device = %rec.rdma_device,
+                  guaranteed_mbps = rec.guaranteed_mbps, limit_mbps = rec.limit_mbps,
+                  address = rec.address.as_deref().unwrap_or(""), "admitted");
+        }
+        Ok(())
     }
 
     fn configure_text(&self, text: &str) -> Result<(), PluginError> {
@@ -197,15 +230,21 @@ impl conrdma_nri::Handler for Plugin {
                 error!(error = %e, "NRI plugin config not applied");
             }
         }
-        Ok(EventMask::CREATE_CONTAINER | EventMask::REMOVE_POD_SANDBOX)
+        Ok(EventMask::RUN_POD_SANDBOX
+            | EventMask::STOP_POD_SANDBOX
+            | EventMask::CREATE_CONTAINER
+            | EventMask::REMOVE_POD_SANDBOX)
     }
 
     async fn synchronize(&self, req: SynchronizeRequest) -> Result<Vec<ContainerUpdate>, RpcError> {
         let node = self.node().map_err(RpcError::from)?;
-        let pods = req
-            .pods
-            .iter()
-            .map(|p| (pod_ref(p), p.runtime_handler.as_str()));
+        let pods = req.pods.iter().map(|p| {
+            (
+                pod_ref(p),
+                p.runtime_handler.as_str(),
+                crate::podnet::pod_netns(p),
+            )
+        });
         let ctrs = req
             .containers
             .iter()
@@ -238,12 +277,28 @@ impl conrdma_nri::Handler for Plugin {
     }
 
     async fn state_change(&self, ev: StateChangeEvent) -> Result<(), RpcError> {
-        if ev.event.enum_value() != Ok(Event::REMOVE_POD_SANDBOX) {
-            return Ok(());
+        let event = ev.event.enum_value();
+        if event == Ok(Event::RUN_POD_SANDBOX) {
+            // An error here fails the pod's sandbox: exactly what a refusal must do.
+            return match ev.pod.as_ref() {
+                Some(pod) => self.run_pod(pod).map_err(RpcError::from),
+                None => Ok(()),
+            };
         }
         let (Some(pod), Ok(node)) = (ev.pod.as_ref(), self.node()) else {
             return Ok(());
         };
+        if event == Ok(Event::STOP_POD_SANDBOX) {
+            // Before containerd deletes the namespace; an error is only logged by containerd,
+            // and the VF stays booked until a later stop, release or sweep brings it home.
+            if let Err(e) = node.stop(&pod.id) {
+                error!(pod_id = %pod.id, error = %e, "returning the VF netdev at pod stop failed");
+            }
+            return Ok(());
+        }
+        if event != Ok(Event::REMOVE_POD_SANDBOX) {
+            return Ok(());
+        }
         match node.release(&pod.id) {
             Ok(Some(h)) => {
                 info!(pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name),

@@ -188,6 +188,8 @@ mod tests {
             uverbs: "/dev/infiniband/uverbs3".into(),
             rdma_cgroup: String::new(),
             start_max_mbps: None,
+            address: None,
+            ifname: None,
         }
     }
 

@@ -358,6 +358,8 @@ mod tests {
             uverbs: "/dev/infiniband/uverbs1".into(),
             rdma_cgroup: String::new(),
             start_max_mbps: None,
+            address: None,
+            ifname: None,
         }
     }
 

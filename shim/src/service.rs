@@ -509,6 +509,8 @@ mod tests {
             uverbs: "/dev/infiniband/uverbs1".into(),
             rdma_cgroup: String::new(),
             start_max_mbps: None,
+            address: None,
+            ifname: None,
         }
         .to_json()
     }

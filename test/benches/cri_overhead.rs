@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use conrdma_e2e::timing::stats;
 use conrdma_e2e::{simulate_nic, Containerd, ContainerdOptions, Cri};
 
 fn mode() -> &'static str {
@@ -55,18 +56,6 @@ async fn sample(cri: &Cri, image: &str, i: usize, tag: &str) -> (Duration, [Dura
     let d = t.elapsed();
     cri.stop_and_remove_pod(&pod).await.expect("remove pod");
     (d, [t1, t2 - t1, t3 - t2, d - t3])
-}
-
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1e3
-}
-
-fn stats(v: &mut [Duration]) -> (f64, f64, f64) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mean = v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64;
-    (ms(v[v.len() / 2]), mean, ms(v[(v.len() * 9) / 10]))
 }
 
 #[tokio::main]
@@ -128,8 +117,8 @@ async fn main() {
             run_with().await;
         }
     }
-    let (am, amean, a90) = stats(&mut a);
-    let (bm, bmean, b90) = stats(&mut b);
+    let (am, amean, a90) = stats(a);
+    let (bm, bmean, b90) = stats(b);
     println!(
         "CRI create+start+stop+remove, {} pod, {samples} samples each (interleaved)",
         mode()
@@ -143,8 +132,8 @@ async fn main() {
     );
     for (k, phase) in ["create", "start", "stop", "remove"].iter().enumerate() {
         let (x, y) = (
-            median(pa.iter().map(|p| p[k]).collect()),
-            median(pb.iter().map(|p| p[k]).collect()),
+            stats(pa.iter().map(|p| p[k]).collect()).0,
+            stats(pb.iter().map(|p| p[k]).collect()).0,
         );
         println!("  {phase:<7} p50 with={x:7.1}ms without={y:7.1}ms");
     }

@@ -90,8 +90,22 @@ impl Containerd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.start_nri_plugin_env(args, &[]).await
+    }
+
+    /// [`Containerd::start_nri_plugin`] with extra environment (e.g. a crash point).
+    pub async fn start_nri_plugin_env<I, S>(
+        &mut self,
+        args: I,
+        env: &[(&str, &str)],
+    ) -> Result<ChildGuard>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mark = self.log_mark();
         let mut cmd = Command::new(workspace_bin("conrdma-nri-plugin")?);
+        cmd.envs(env.iter().copied());
         cmd.arg("--socket")
             .arg(self.nri_socket())
             .arg("--cri-socket")

@@ -85,7 +85,24 @@ pub struct ContainerdOptions {
     pub extra_config: toml::Table,
     /// How long to wait for containerd to serve CRI (and NRI) after each start.
     pub start_timeout: Duration,
+    /// A CNI network for pods with their own network namespace (none: such pods fail, as on a
+    /// node without CNI).
+    pub cni_bridge: Option<CniBridge>,
 }
+
+/// Pods' primary network: the CNI `bridge` plugin with `host-local` addresses, from Debian's
+/// containernetworking-plugins (the bridge lives on the host, so each instance needs its own
+/// name and subnet).
+#[derive(Debug, Clone)]
+pub struct CniBridge {
+    /// Host bridge name (at most 15 characters).
+    pub bridge: String,
+    /// Pod subnet, e.g. `10.88.7.0/24`.
+    pub subnet: String,
+}
+
+/// Where Debian's containernetworking-plugins puts the CNI plugins.
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
 
 impl Default for ContainerdOptions {
     fn default() -> Self {
@@ -105,6 +122,7 @@ impl Default for ContainerdOptions {
             env: Vec::new(),
             extra_config: toml::Table::new(),
             start_timeout: Duration::from_secs(30),
+            cni_bridge: None,
         }
     }
 }
@@ -652,7 +670,45 @@ fn prepare_dirs(paths: &Paths, opts: &ContainerdOptions) -> Result<()> {
         let f = paths.plugin_config_path.join(name);
         std::fs::write(&f, text).map_err(|e| Error::io(format!("writing {}", f.display()), e))?;
     }
+    if let Some(cni) = &opts.cni_bridge {
+        write_cni(paths, cni)?;
+    }
     Ok(())
+}
+
+/// Links the CNI plugins into the instance's bin dir and writes its one network.
+fn write_cni(paths: &Paths, cni: &CniBridge) -> Result<()> {
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let src = Path::new(CNI_PLUGIN_DIR).join(plugin);
+        if !src.exists() {
+            return Err(Error::Environment(format!(
+                "{} is missing: install Debian's containernetworking-plugins (hack/install-deps.sh does)",
+                src.display()
+            )));
+        }
+        let link = paths.cni_bin_dir.join(plugin);
+        std::os::unix::fs::symlink(&src, &link)
+            .map_err(|e| Error::io(format!("linking {}", link.display()), e))?;
+    }
+    // No gateway, no masquerade: the pods need an eth0 (CRI insists), not a route off the node.
+    let conf = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "conrdma-e2e",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": cni.bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": cni.subnet}]],
+                "dataDir": path_str(&paths.cni_conf_dir.join("ipam")),
+            },
+        }],
+    });
+    let f = paths.cni_conf_dir.join("10-conrdma-e2e.conflist");
+    std::fs::write(&f, conf.to_string())
+        .map_err(|e| Error::io(format!("writing {}", f.display()), e))
 }
 
 fn path_str(p: &Path) -> String {

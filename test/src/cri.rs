@@ -24,7 +24,8 @@ pub use k8s_cri::v1;
 /// kept across restarts), because CreateContainer carries the sandbox config, as from kubelet.
 pub(crate) type PodConfigs = Arc<Mutex<HashMap<String, api::PodSandboxConfig>>>;
 
-/// What a test says about a pod; the rest is filled in like kubelet does for a host-network pod.
+/// What a test says about a pod; the rest is filled in like kubelet does (for a host-network pod
+/// unless `own_netns`).
 #[derive(Debug, Clone, Default)]
 pub struct PodSpec {
     pub name: String,
@@ -40,6 +41,8 @@ pub struct PodSpec {
     pub cgroup_parent: String,
     /// Pod-level resources (what kubelet sends as `linux.resources`).
     pub resources: Option<api::LinuxContainerResources>,
+    /// The pod gets its own network namespace (set up by containerd's CNI) instead of the host's.
+    pub own_netns: bool,
 }
 
 impl PodSpec {
@@ -59,6 +62,12 @@ impl PodSpec {
 
     pub fn runtime_handler(mut self, h: &str) -> Self {
         self.runtime_handler = h.into();
+        self
+    }
+
+    /// A pod with its own network namespace, as kubelet runs every pod that is not hostNetwork.
+    pub fn own_netns(mut self) -> Self {
+        self.own_netns = true;
         self
     }
 }
@@ -113,9 +122,13 @@ fn to_map(kv: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-fn namespace_options() -> api::NamespaceOption {
+fn namespace_options(own_netns: bool) -> api::NamespaceOption {
     api::NamespaceOption {
-        network: api::NamespaceMode::Node as i32,
+        network: if own_netns {
+            api::NamespaceMode::Pod as i32
+        } else {
+            api::NamespaceMode::Node as i32
+        },
         // kubelet's defaults without shareProcessNamespace.
         pid: api::NamespaceMode::Container as i32,
         ipc: api::NamespaceMode::Pod as i32,
@@ -245,7 +258,7 @@ impl Cri {
             linux: Some(api::LinuxPodSandboxConfig {
                 cgroup_parent: spec.cgroup_parent.clone(),
                 security_context: Some(api::LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespace_options()),
+                    namespace_options: Some(namespace_options(spec.own_netns)),
                     ..Default::default()
                 }),
                 resources: spec.resources.clone(),
@@ -299,7 +312,9 @@ impl Cri {
     }
 
     /// The container config kubelet would send for `spec`.
-    pub fn container_config(&self, spec: &ContainerSpec) -> api::ContainerConfig {
+    /// The container config kubelet would send for `spec` in a pod whose network namespace is
+    /// its own (`own_netns`) or the host's.
+    pub fn container_config(&self, spec: &ContainerSpec, own_netns: bool) -> api::ContainerConfig {
         let image = if spec.image.is_empty() {
             self.default_image.clone()
         } else {
@@ -334,7 +349,7 @@ impl Cri {
             linux: Some(api::LinuxContainerConfig {
                 resources: Some(spec.resources.clone().unwrap_or_else(best_effort_resources)),
                 security_context: Some(api::LinuxContainerSecurityContext {
-                    namespace_options: Some(namespace_options()),
+                    namespace_options: Some(namespace_options(own_netns)),
                     privileged: spec.privileged,
                     ..Default::default()
                 }),
@@ -364,12 +379,18 @@ impl Cri {
         pod_id: &str,
         spec: &ContainerSpec,
     ) -> Result<String, Status> {
-        let config = self.container_config(spec);
         let sandbox_config = self.pod_config(pod_id).ok_or_else(|| {
             Status::failed_precondition(format!(
                 "conrdma-e2e: pod {pod_id} was not created through this harness (no sandbox config)"
             ))
         })?;
+        let own_netns = sandbox_config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|c| c.namespace_options.as_ref())
+            .is_some_and(|n| n.network == api::NamespaceMode::Pod as i32);
+        let config = self.container_config(spec, own_netns);
         self.create_container_raw(api::CreateContainerRequest {
             pod_sandbox_id: pod_id.to_string(),
             config: Some(config),
@@ -411,6 +432,30 @@ impl Cri {
             .await?;
         self.start_container(&id).await?;
         Ok(id)
+    }
+
+    /// RunPodSandbox from `spec` plus a long-running container `main` (default image); a pod
+    /// whose container is refused is removed again, as kubelet does once the pod is deleted.
+    /// Returns (pod id, container id).
+    pub async fn run_pod_with_sleeper(&self, spec: &PodSpec) -> Result<(String, String), Status> {
+        let pod = self.run_pod_spec(spec).await?;
+        match self
+            .run_container(&pod, "main", "", &["sleep", "3600"], &[])
+            .await
+        {
+            Ok(c) => Ok((pod, c)),
+            Err(e) => {
+                // The refusal is what the caller wants to see; a failing cleanup says so too.
+                if let Err(rm) = self.stop_and_remove_pod(&pod).await {
+                    return Err(Status::internal(format!(
+                        "{} (and removing pod {pod} failed: {})",
+                        e.message(),
+                        rm.message()
+                    )));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// StopContainer with a grace period in seconds (0 = SIGKILL at once).

@@ -68,10 +68,14 @@ pub mod cri;
 pub mod deps;
 pub mod error;
 pub mod process;
+pub mod standin;
+pub mod timing;
 pub mod webhook;
 
 pub use conrdma::{shim_dir, shim_runtime, simulate_nic, NRI_PLUGIN, SHIM};
-pub use containerd::{Containerd, ContainerdOptions, Paths, RuntimeHandler, K8S_NAMESPACE};
+pub use containerd::{
+    CniBridge, Containerd, ContainerdOptions, Paths, RuntimeHandler, K8S_NAMESPACE,
+};
 pub use cri::{ContainerSpec, Cri, PodSpec};
 pub use deps::{containerd_line, containerd_version, workspace_bin, ContainerdLine, DEFAULT_IMAGE};
 pub use error::{Error, Result};

@@ -8,7 +8,8 @@ use std::time::Duration;
 use conrdma_core::ledger::{Held, Ledger};
 use conrdma_core::AllocationRecord;
 use conrdma_e2e::{
-    simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, NRI_PLUGIN as PLUGIN,
+    simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec,
+    NRI_PLUGIN as PLUGIN,
 };
 use serde_json::Value;
 
@@ -75,21 +76,11 @@ impl Node {
         name: &str,
         annotations: &[(&str, &str)],
     ) -> Result<(String, String), tonic::Status> {
-        let cri = self.cd.cri();
-        let pod = cri
-            .run_pod(name, "default", &format!("uid-{name}"), annotations)
-            .await?;
-        match cri
-            .run_container(&pod, "main", "", &["sleep", "3600"], &[])
-            .await
-        {
-            Ok(c) => Ok((pod, c)),
-            Err(e) => {
-                // kubelet removes a pod whose container cannot be created once the pod is deleted.
-                cri.stop_and_remove_pod(&pod).await.unwrap();
-                Err(e)
-            }
+        let mut spec = PodSpec::new(name, "default", &format!("uid-{name}"));
+        for (k, v) in annotations {
+            spec = spec.annotation(k, v);
         }
+        self.cd.cri().run_pod_with_sleeper(&spec).await
     }
 
     async fn spec(&self, ctr: &str) -> Value {

@@ -232,17 +232,7 @@ impl Node {
         for (k, v) in annotations {
             spec = spec.annotation(k, v);
         }
-        let pod = cri.run_pod_spec(&spec).await?;
-        match cri
-            .run_container(&pod, "main", "", &["sleep", "3600"], &[])
-            .await
-        {
-            Ok(c) => Ok((pod, c)),
-            Err(e) => {
-                cri.stop_and_remove_pod(&pod).await.unwrap();
-                Err(e)
-            }
-        }
+        cri.run_pod_with_sleeper(&spec).await
     }
 
     async fn allocation(&self, ctr: &str) -> Option<AllocationRecord> {
@@ -550,6 +540,8 @@ async fn container_without_its_allocation_is_refused() {
         uverbs: "/dev/infiniband/uverbs1".into(),
         rdma_cgroup: String::new(),
         start_max_mbps: None,
+        address: None,
+        ifname: None,
     };
     let err = n
         .pod(

@@ -154,7 +154,7 @@ pub struct KernelError {
 }
 
 impl KernelError {
-    fn from_io(e: io::Error) -> KernelError {
+    pub(crate) fn from_io(e: io::Error) -> KernelError {
         KernelError {
             errno: e.raw_os_error().unwrap_or(0),
             ext_msg: if e.raw_os_error().is_some() {

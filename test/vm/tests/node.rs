@@ -89,17 +89,7 @@ impl VmNode {
     /// A pod with one long-running container; a refused pod is removed again, as kubelet would.
     async fn pod(&self, spec: PodSpec) -> Result<(String, String), tonic::Status> {
         let cri = self.cd.cri();
-        let pod = cri.run_pod_spec(&spec).await?;
-        match cri
-            .run_container(&pod, "main", "", &["sleep", "3600"], &[])
-            .await
-        {
-            Ok(c) => Ok((pod, c)),
-            Err(e) => {
-                cri.stop_and_remove_pod(&pod).await.unwrap();
-                Err(e)
-            }
-        }
+        cri.run_pod_with_sleeper(&spec).await
     }
 
     async fn spec(&self, ctr: &str) -> Value {

@@ -1,0 +1,217 @@
+//! The pod-network step of a grant: the VF netdev (and the RDMA device that follows it) goes into
+//! the pod's network namespace after admission and comes home before the booking is released.
+//!
+//! Order keeps crashes harmless: the ledger records the booking (phase `booked`) before anything
+//! moves, `in_pod` once the pod has it, `returned` once it is home, and only a `returned` (or
+//! never-moved) entry is ever released. Whatever is cut short is finished by the next grant,
+//! stop, release, reconcile or sweep, which all start by looking where the netdev is now.
+
+use std::path::PathBuf;
+use std::sync::MutexGuard;
+
+use conrdma_core::discovery::{uverbs_of, CharDev};
+use conrdma_core::ledger::{Held, NetPhase};
+use conrdma_core::netns::{Detached, HostLink, PodLink, RdmaFollow};
+use conrdma_core::network::Cidr;
+use conrdma_core::rdma_netlink::{NetnsMode, RdmaNetlink};
+use conrdma_core::Inventory;
+use tracing::{debug, info, warn};
+
+use crate::error::PluginError;
+use crate::node::NodeState;
+
+/// The network namespace of a pod as NRI describes it; `None` for a hostNetwork pod.
+pub fn pod_netns(pod: &conrdma_nri::PodSandbox) -> Option<PathBuf> {
+    pod.linux
+        .as_ref()?
+        .namespaces
+        .iter()
+        .find(|n| n.type_ == "network" && !n.path.is_empty())
+        .map(|n| PathBuf::from(&n.path))
+}
+
+/// Whether the kernel runs RDMA devices in exclusive netns mode; a kernel without RDMA netlink
+/// (no ib_core) counts as shared, where nothing has to move.
+pub fn rdma_exclusive() -> bool {
+    match RdmaNetlink::open().and_then(|r| r.netns_mode()) {
+        Ok(NetnsMode::Exclusive) => true,
+        Ok(NetnsMode::Shared) => false,
+        Err(e) => {
+            debug!(error = %e, "RDMA netlink unavailable: treating RDMA devices as shared across namespaces");
+            false
+        }
+    }
+}
+
+impl NodeState {
+    /// How the pod's RDMA device follows its netdev.
+    fn follow(&self, inv: &Inventory, h: &Held) -> RdmaFollow {
+        let soft = inv
+            .pf(&h.record.pf)
+            .and_then(|(_, pf)| pf.vfs.iter().find(|v| v.index == h.record.vf))
+            .map(|v| v.rdma_soft)
+            // A soft device the plugin re-created in the pod is gone from the host inventory.
+            .unwrap_or_else(|| h.net.as_ref().is_some_and(|n| n.soft_uverbs.is_some()));
+        let name = h.record.rdma_device.clone();
+        if soft {
+            RdmaFollow::Soft { name }
+        } else if self.rdma_exclusive {
+            RdmaFollow::Exclusive { name }
+        } else {
+            RdmaFollow::Shared
+        }
+    }
+
+    fn net_guard(&self) -> MutexGuard<'_, ()> {
+        self.net_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the pod's VF in if its booking says it is not there yet. Returns the entry as it
+    /// stands after, with the uverbs node of a soft device re-created in the pod.
+    pub(crate) fn settle_net(&self, pod_id: &str) -> Result<Option<Held>, PluginError> {
+        let _g = self.net_guard();
+        let Some(h) = self.ledger().get(pod_id).cloned() else {
+            return Ok(None);
+        };
+        let Some(net) = h.net.clone() else {
+            return Ok(Some(h));
+        };
+        if net.phase != NetPhase::Booked {
+            return Ok(Some(h));
+        }
+        let inv = self.inventory();
+        let pool_net = inv.pool(&h.record.pool).and_then(|p| p.network.clone());
+        let (Some(pool_net), Some(addr)) = (
+            pool_net,
+            h.record
+                .address
+                .as_deref()
+                .and_then(|a| Cidr::parse(a).ok()),
+        ) else {
+            return Err(PluginError::Setup(format!(
+                "pool {} of this pod's VF has no network section any more (node config changed?)",
+                h.record.pool
+            )));
+        };
+        let vf = host_link(&h);
+        let pod = PodLink {
+            ifname: h.record.ifname.clone().unwrap_or(pool_net.ifname.clone()),
+            address: addr,
+            mtu: pool_net.mtu,
+            gateway: pool_net.gateway,
+            routes: pool_net.routes.clone(),
+        };
+        let follow = self.follow(&inv, &h);
+        if net.host_mtu.is_none() {
+            if let Some(mtu) = self.net.host_mtu(&vf)? {
+                self.ledger().update(pod_id, |e| {
+                    if let Some(n) = e.net.as_mut() {
+                        n.host_mtu = Some(mtu);
+                    }
+                })?;
+            }
+        }
+        conrdma_core::crash::point("net-booked");
+        let attached = self.net.attach(&net.netns, &vf, &pod, &follow)?;
+        let soft_uverbs = match &follow {
+            RdmaFollow::Soft { name } => Some(uverbs_of(&self.root, name).ok_or_else(|| {
+                PluginError::Setup(format!(
+                    "Soft-RoCE device {name} re-created in the pod has no uverbs node in sysfs"
+                ))
+            })?),
+            _ => None,
+        };
+        let updated = self.ledger().update(pod_id, |e| {
+            if let Some(n) = e.net.as_mut() {
+                n.phase = NetPhase::InPod;
+                n.host_mtu = n.host_mtu.or(attached.host_mtu);
+                if let Some(u) = &soft_uverbs {
+                    n.soft_uverbs = Some(u.clone());
+                    e.record.uverbs = u.dev_path();
+                }
+            }
+        })?;
+        info!(pod_id, netdev = %vf.name, ifname = %pod.ifname, address = %pod.address, netns = %net.netns.display(), "VF netdev moved into the pod");
+        Ok(updated)
+    }
+
+    /// Brings the pod's VF netdev home if it is out; the booking stays. Errors leave the ledger
+    /// saying it is out, so the next attempt tries again.
+    pub(crate) fn return_net(&self, pod_id: &str) -> Result<(), PluginError> {
+        let _g = self.net_guard();
+        let Some(h) = self.ledger().get(pod_id).cloned() else {
+            return Ok(());
+        };
+        self.return_held(&h)
+    }
+
+    /// [`NodeState::return_net`] for an entry already read (the caller holds the net lock).
+    fn return_held(&self, h: &Held) -> Result<(), PluginError> {
+        let Some(net) = h.net.as_ref().filter(|_| h.net_out()) else {
+            return Ok(());
+        };
+        let inv = self.inventory();
+        let vf = host_link(h);
+        let ifname = h.record.ifname.clone().unwrap_or_default();
+        let follow = self.follow(&inv, h);
+        match self
+            .net
+            .detach(&net.netns, &vf, &ifname, net.host_mtu, &follow)?
+        {
+            Detached::Returned => {
+                info!(pod_id = %h.pod.id, netdev = %vf.name, "VF netdev back on the host")
+            }
+            Detached::Missing => {
+                warn!(pod_id = %h.pod.id, netdev = %vf.name, pci = %vf.pci, "VF netdev is nowhere to be found: nothing to return")
+            }
+        }
+        self.ledger().update(&h.pod.id, |e| {
+            if let Some(n) = e.net.as_mut() {
+                n.phase = NetPhase::Returned;
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Brings home the VFs of pods that are gone (missing from `live`, admitted by `mark`), so the
+    /// release that follows may free them. Failures are logged; those stay booked until a later
+    /// pass succeeds.
+    pub(crate) fn return_gone(&self, live: &std::collections::HashSet<String>, mark: u64) {
+        let _g = self.net_guard();
+        let out = self.ledger().gone_out(live, mark);
+        for h in out {
+            if let Err(e) = self.return_held(&h) {
+                warn!(pod_id = %h.pod.id, error = %e, "returning the VF netdev of a removed pod failed; the VF stays booked and is retried");
+            }
+        }
+    }
+
+    /// Finishes the move of live pods cut short by a crash (phase `booked`).
+    pub(crate) fn finish_booked(&self, live: &std::collections::HashSet<String>) {
+        let booked: Vec<String> = self
+            .ledger()
+            .held()
+            .filter(|h| live.contains(&h.pod.id))
+            .filter(|h| h.net.as_ref().is_some_and(|n| n.phase == NetPhase::Booked))
+            .map(|h| h.pod.id.clone())
+            .collect();
+        for id in booked {
+            match self.settle_net(&id) {
+                Ok(_) => info!(pod_id = %id, "finished moving the VF netdev of a live pod"),
+                Err(e) => warn!(pod_id = %id, error = %e, "finishing the VF netdev move failed"),
+            }
+        }
+    }
+
+    /// The uverbs node the pod's containers get: the soft device's own in the pod, else the VF's.
+    pub(crate) fn uverbs_for(h: &Held) -> Option<CharDev> {
+        h.net.as_ref().and_then(|n| n.soft_uverbs.clone())
+    }
+}
+
+fn host_link(h: &Held) -> HostLink {
+    HostLink {
+        name: h.record.netdev.clone(),
+        pci: h.record.vf_pci.clone(),
+    }
+}
