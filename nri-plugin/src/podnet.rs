@@ -112,6 +112,7 @@ impl NodeState {
             }
         }
         conrdma_core::crash::point("net-booked");
+        let started = std::time::Instant::now();
         let attached = self.net.attach(&net.netns, &vf, &pod, &follow)?;
         let soft_uverbs = match &follow {
             RdmaFollow::Soft { name } => Some(uverbs_of(&self.root, name).ok_or_else(|| {
@@ -131,7 +132,8 @@ impl NodeState {
                 }
             }
         })?;
-        info!(pod_id, netdev = %vf.name, ifname = %pod.ifname, address = %pod.address, netns = %net.netns.display(), "VF netdev moved into the pod");
+        info!(pod_id, netdev = %vf.name, ifname = %pod.ifname, address = %pod.address, netns = %net.netns.display(),
+              move_us = started.elapsed().as_micros() as u64, "VF netdev moved into the pod");
         Ok(updated)
     }
 
