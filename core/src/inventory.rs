@@ -1,7 +1,7 @@
 //! What this node can hand out: discovery joined with the node config into pools of PFs, each with a
 //! capacity and its allocatable VFs. Rebuilt on every rescan; the ledger holds no copy of it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::config::NodeConfig;
@@ -34,7 +34,7 @@ pub struct PfInv {
 }
 
 /// A VF that can be allocated: it has a netdev, an RDMA device and that device's uverbs node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VfInv {
     pub index: u32,
     pub pci: String,
@@ -42,6 +42,7 @@ pub struct VfInv {
     pub rdma_device: String,
     pub uverbs: CharDev,
     /// Soft-RoCE: re-created on the netdev wherever the netdev goes.
+    #[serde(default)]
     pub rdma_soft: bool,
 }
 
@@ -111,6 +112,26 @@ impl Inventory {
         Inventory {
             pools,
             rdma_cm: node.rdma_cm.clone(),
+        }
+    }
+
+    /// Puts back the VFs in `lent` (PF name, the VF as booked) that this scan missed: a VF
+    /// netdev lent to a pod's network namespace is invisible in the host's sysfs, yet the VF is
+    /// still this node's (its count, and its device numbers for the pod's next container).
+    pub fn keep_lent<'a>(&mut self, lent: impl IntoIterator<Item = (&'a str, &'a VfInv)>) {
+        for (pf_name, vf) in lent {
+            let Some(pf) = self
+                .pools
+                .iter_mut()
+                .flat_map(|p| p.pfs.iter_mut())
+                .find(|p| p.name == pf_name)
+            else {
+                continue;
+            };
+            if !pf.vfs.iter().any(|v| v.index == vf.index) {
+                pf.vfs.push(vf.clone());
+                pf.vfs.sort_by_key(|v| v.index);
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::allocation::AllocationRecord;
 use crate::error::{CoreError, Result};
-use crate::inventory::{Inventory, PfInv, PoolInv};
+use crate::inventory::{Inventory, PfInv, PoolInv, VfInv};
 use crate::network::{Cidr, StaticAddress};
 use crate::private_fs;
 use crate::rate::format_mbps;
@@ -63,6 +63,9 @@ pub struct PodNet {
     /// The uverbs node of the Soft-RoCE device re-created in the pod (it replaces the host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_uverbs: Option<crate::discovery::CharDev>,
+    /// The VF as discovered when it was booked: the host's sysfs stops showing it once its
+    /// netdev is in the pod, and a restarted plugin still needs it.
+    pub vf: VfInv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,6 +349,7 @@ impl Ledger {
                 phase: NetPhase::Booked,
                 host_mtu: None,
                 soft_uverbs: None,
+                vf: vf.clone(),
             }),
             _ => None,
         };
@@ -401,6 +405,15 @@ impl Ledger {
         self.commit(before, &released)?;
         info!(released = released.len(), "ledger swept");
         Ok(released)
+    }
+
+    /// The VFs whose netdev may be in a pod, as (PF, VF as booked): for
+    /// [`Inventory::keep_lent`].
+    pub fn lent(&self) -> impl Iterator<Item = (&str, &VfInv)> {
+        self.held
+            .values()
+            .filter(|h| h.net_out())
+            .filter_map(|h| h.net.as_ref().map(|n| (h.record.pf.as_str(), &n.vf)))
     }
 
     /// Pods missing from `live` (admitted no later than `mark`) whose VF netdev may still be out

@@ -497,3 +497,49 @@ fn a_gone_pod_whose_vf_is_out_is_not_freed_until_it_is_returned() {
     assert_eq!(freed.len(), 1);
     assert_eq!(Ledger::snapshot(state.path()).unwrap(), vec![]);
 }
+
+#[test]
+fn a_vf_lent_to_a_pod_stays_in_the_inventory_after_a_rescan_that_misses_it() {
+    let (sys, inv) = inventory(2, 8, "100G", NET_POOL);
+    let state = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(state.path()).unwrap();
+    let (rec, _) = l
+        .admit_in(
+            &inv,
+            &pod(1),
+            &req(&[("pool", "fabric-a")]),
+            Some(&netns(1)),
+            |_| {},
+        )
+        .unwrap();
+    // The host's sysfs stops listing the netdev of a VF whose netdev is in another namespace.
+    let net_dir = std::fs::read_dir(sys.path().join("sys/bus/pci/devices"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("net").join(&rec.netdev))
+        .find(|p| p.exists())
+        .or_else(|| {
+            let p = sys.path().join("sys/class/net").join(&rec.netdev);
+            p.exists().then_some(p)
+        })
+        .expect("the VF's netdev in the simulated sysfs");
+    let vf_dir = std::fs::canonicalize(&net_dir).unwrap();
+    std::fs::remove_dir_all(&vf_dir).unwrap();
+    let cfg = NodeConfig::from_toml(NET_POOL, "test").unwrap();
+    let mut rescan = Inventory::build(&discover(sys.path()).unwrap(), &cfg);
+    let count = |i: &Inventory| i.pf("ens1f0").unwrap().1.vfs.len();
+    assert_eq!(count(&rescan), 7, "the rescan misses the lent VF");
+    rescan.keep_lent(l.lent());
+    assert_eq!(count(&rescan), 8);
+    let (_, pf) = rescan.pf("ens1f0").unwrap();
+    let back = pf.vfs.iter().find(|v| v.index == rec.vf).unwrap();
+    assert_eq!(back.uverbs.dev_path(), rec.uverbs);
+    // Once it is home, it is no longer kept artificially.
+    l.update("sandbox-1", |h| {
+        h.net.as_mut().unwrap().phase = NetPhase::Returned
+    })
+    .unwrap();
+    assert_eq!(l.lent().count(), 0);
+}

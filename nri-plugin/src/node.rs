@@ -66,8 +66,9 @@ impl NodeState {
         net: Arc<dyn PodNetworking>,
     ) -> Result<NodeState, PluginError> {
         let node = discover(root)?;
-        let inventory = Inventory::build(&node, &cfg);
+        let mut inventory = Inventory::build(&node, &cfg);
         let ledger = Ledger::open(state_dir)?;
+        inventory.keep_lent(ledger.lent());
         let cgroup = RdmaCgroup::detect(&cfg.cgroup_root);
         let limiter = cfg.enforce.enabled.then(|| {
             let spec = match cfg.enforce.limiter.as_str() {
@@ -118,10 +119,12 @@ impl NodeState {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Rescans sysfs and swaps the inventory in; held allocations are untouched.
+    /// Rescans sysfs and swaps the inventory in; held allocations are untouched, and VFs whose
+    /// netdev is lent to a pod stay in it although the host's sysfs no longer shows them.
     pub fn refresh(&self) -> Result<(), PluginError> {
         let cfg = self.config();
-        let inv = Inventory::build(&discover(&self.root)?, &cfg);
+        let mut inv = Inventory::build(&discover(&self.root)?, &cfg);
+        inv.keep_lent(self.ledger().lent());
         match self.inventory.write() {
             Ok(mut g) => *g = Arc::new(inv),
             Err(p) => *p.into_inner() = Arc::new(inv),
@@ -308,11 +311,12 @@ impl NodeState {
                     // A container runs, so a VF with an address is in the pod: it must come home
                     // before the VF is freed.
                     let net = match (&record.address, netns) {
-                        (Some(_), Some(ns)) => Some(PodNet {
+                        (Some(_), Some(ns)) => self.booked_vf(&record).map(|vf| PodNet {
                             netns: ns.clone(),
                             phase: NetPhase::InPod,
                             host_mtu: None,
                             soft_uverbs: None,
+                            vf,
                         }),
                         _ => None,
                     };

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::sync::MutexGuard;
 
 use conrdma_core::discovery::{uverbs_of, CharDev};
+use conrdma_core::inventory::VfInv;
 use conrdma_core::ledger::{Held, NetPhase};
 use conrdma_core::netns::{Detached, HostLink, PodLink, RdmaFollow};
 use conrdma_core::network::Cidr;
 use conrdma_core::rdma_netlink::{NetnsMode, RdmaNetlink};
-use conrdma_core::Inventory;
 use tracing::{debug, info, warn};
 
 use crate::error::PluginError;
@@ -45,13 +45,8 @@ pub fn rdma_exclusive() -> bool {
 
 impl NodeState {
     /// How the pod's RDMA device follows its netdev.
-    fn follow(&self, inv: &Inventory, h: &Held) -> RdmaFollow {
-        let soft = inv
-            .pf(&h.record.pf)
-            .and_then(|(_, pf)| pf.vfs.iter().find(|v| v.index == h.record.vf))
-            .map(|v| v.rdma_soft)
-            // A soft device the plugin re-created in the pod is gone from the host inventory.
-            .unwrap_or_else(|| h.net.as_ref().is_some_and(|n| n.soft_uverbs.is_some()));
+    fn follow(&self, h: &Held) -> RdmaFollow {
+        let soft = h.net.as_ref().is_some_and(|n| n.vf.rdma_soft);
         let name = h.record.rdma_device.clone();
         if soft {
             RdmaFollow::Soft { name }
@@ -60,6 +55,33 @@ impl NodeState {
         } else {
             RdmaFollow::Shared
         }
+    }
+
+    /// The VF of `record` (an allocation adopted from a live container's annotation): as the
+    /// inventory has it, else rebuilt from the record and its uverbs node on the host (the host's
+    /// sysfs does not show a VF whose netdev is in a pod).
+    pub(crate) fn booked_vf(&self, record: &conrdma_core::AllocationRecord) -> Option<VfInv> {
+        if let Some(vf) = self
+            .inventory()
+            .pf(&record.pf)
+            .and_then(|(_, pf)| pf.vfs.iter().find(|v| v.index == record.vf).cloned())
+        {
+            return Some(vf);
+        }
+        let st = nix::sys::stat::stat(record.uverbs.as_str()).ok()?;
+        let name = record.uverbs.rsplit('/').next()?.to_string();
+        Some(VfInv {
+            index: record.vf,
+            pci: record.vf_pci.clone(),
+            netdev: record.netdev.clone(),
+            rdma_device: record.rdma_device.clone(),
+            uverbs: CharDev {
+                name,
+                major: nix::sys::stat::major(st.st_rdev) as i64,
+                minor: nix::sys::stat::minor(st.st_rdev) as i64,
+            },
+            rdma_soft: false,
+        })
     }
 
     fn net_guard(&self) -> MutexGuard<'_, ()> {
@@ -101,7 +123,7 @@ impl NodeState {
             gateway: pool_net.gateway,
             routes: pool_net.routes.clone(),
         };
-        let follow = self.follow(&inv, &h);
+        let follow = self.follow(&h);
         if net.host_mtu.is_none() {
             if let Some(mtu) = self.net.host_mtu(&vf)? {
                 self.ledger().update(pod_id, |e| {
@@ -152,10 +174,9 @@ impl NodeState {
         let Some(net) = h.net.as_ref().filter(|_| h.net_out()) else {
             return Ok(());
         };
-        let inv = self.inventory();
         let vf = host_link(h);
         let ifname = h.record.ifname.clone().unwrap_or_default();
-        let follow = self.follow(&inv, h);
+        let follow = self.follow(h);
         match self
             .net
             .detach(&net.netns, &vf, &ifname, net.host_mtu, &follow)?
