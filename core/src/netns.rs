@@ -153,6 +153,9 @@ impl PodNetworking for NetlinkNetworking {
         pod: &PodLink,
         rdma: &RdmaFollow,
     ) -> Result<Attached> {
+        if let RdmaFollow::Soft { name } = rdma {
+            rxe_per_netns(name)?;
+        }
         let ns = open_netns(netns)?;
         let mut host = Rt::here().map_err(|e| socket_error("the host", e))?;
         let mut inside = Rt::inside(ns.as_fd()).map_err(|e| socket_error("the pod", e))?;
@@ -355,6 +358,31 @@ impl PodNetworking for NetlinkNetworking {
     }
 }
 
+/// Refuses, before anything moves, a Soft-RoCE device on a kernel whose rdma_rxe has a single UDP
+/// socket in the initial namespace (Linux 6.1): there an rxe created in a pod's namespace exists,
+/// but RDMA CM inside the pod cannot reach peers (`RDMA_CM_EVENT_UNREACHABLE`). Kernels whose
+/// rdma_rxe keeps one socket per namespace (Debian's 7.2) list `rxe_ns_pernet_sk4`.
+fn rxe_per_netns(name: &str) -> Result<()> {
+    static PER_NETNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *PER_NETNS.get_or_init(|| {
+        std::fs::read_to_string("/proc/kallsyms").is_ok_and(|k| {
+            k.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("rxe_ns_pernet_sk4"))
+        })
+    });
+    if ok {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    Err(pod_error(
+        format!(
+            "Soft-RoCE device {name} cannot follow its VF into the pod: rdma_rxe of Linux {} has no per-network-namespace sockets (no rxe_ns_pernet_sk4 in /proc/kallsyms), so RDMA CM in the pod could not reach peers; use a kernel whose rdma_rxe has them (Debian's 7.2 does, 6.1 does not), a hostNetwork pod, or a pool without [pool.network]",
+            release.trim()
+        ),
+        ErrorClass::Precondition,
+    ))
+}
+
 /// Opens a pod's network namespace file.
 fn open_netns(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| {
@@ -378,9 +406,7 @@ fn delete_soft(rn: &RdmaNetlink, name: &str) -> Result<()> {
 
 fn soft_error(name: &str, e: CoreError) -> CoreError {
     pod_error(
-        format!(
-            "cannot create Soft-RoCE device {name} in the pod's network namespace ({e}); rxe outside the initial network namespace needs Linux >= 6.5 with rdma_rxe loaded"
-        ),
+        format!("cannot create Soft-RoCE device {name} on the VF netdev: {e}"),
         ErrorClass::Precondition,
     )
 }
@@ -763,6 +789,39 @@ mod tests {
             .success());
         ok(&["-n", &s.host, "link", "del", "vfx0"]);
         assert_eq!(s.detach(gone, None).unwrap(), Detached::Missing);
+    }
+
+    #[test]
+    fn soft_roce_is_refused_before_anything_moves_where_rxe_has_no_per_netns_sockets() {
+        let Some(s) = Scene::new("rxe") else { return };
+        if rxe_per_netns("rxe0").is_ok() {
+            eprintln!(
+                "skipped: this kernel's rdma_rxe has per-namespace sockets (the VM tier covers it)"
+            );
+            return;
+        }
+        let (vf, pod) = plan();
+        let e = s
+            .on_host(move |n| {
+                n.attach(
+                    &PathBuf::from("/run/netns/unused"),
+                    &vf,
+                    &pod,
+                    &RdmaFollow::Soft {
+                        name: "rxe0".into(),
+                    },
+                )
+            })
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rxe0") && msg.contains("rxe_ns_pernet_sk4"),
+            "{msg}"
+        );
+        assert_eq!(e.class(), ErrorClass::Precondition);
+        assert!(ip(&["-n", &s.host, "link", "show", "vfx0"])
+            .status
+            .success());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the VM tier's pod image: the busybox test image (hack/build-image.sh) plus one more layer
-# holding the rdma-probe, the shared libraries it needs, and libibverbs' providers and their driver
-# files, all at the host's paths. Written as an OCI image-layout tarball for `ctr images import`.
+# holding the rdma-probe, rping and ib_write_bw (where the host has them), the shared libraries
+# they need, and libibverbs' providers and their driver files, all at the host's paths. Written as an OCI image-layout tarball for `ctr images import`.
 #
 #   hack/vm/build-probe-image.sh OUT.tar PROBE_BINARY [NAME]
 #
@@ -47,9 +47,19 @@ copy_file() { # copy_file HOST_PATH: the file's content at the same path in the 
   case "$1" in *ld-linux*|*.so*) chmod 0755 "$dst" ;; esac
 }
 
-# The loader and every library of the probe and of each provider (providers are dlopen()ed by
-# libibverbs, so ldd of the probe alone misses them and what they link).
-objects=("$probe" "$provider_dir"/*.so)
+# RDMA CM tools for the pod-network tests, where the host has them (rdmacm-utils, perftest):
+# rping and ib_write_bw -R between pods, at their host paths.
+tools=()
+for t in rping ib_write_bw; do
+  p=$(command -v "$t" 2>/dev/null) || continue
+  mkdir -p "$extra$(dirname "$p")"
+  install -m 0755 "$p" "$extra$p"
+  tools+=("$p")
+done
+
+# The loader and every library of the probe, the tools and each provider (providers are
+# dlopen()ed by libibverbs, so ldd of the probe alone misses them and what they link).
+objects=("$probe" "${tools[@]}" "$provider_dir"/*.so)
 for obj in "${objects[@]}"; do
   ldd "$obj" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]*ld-linux/{print $1}' | while read -r lib; do
     copy_file "$lib"

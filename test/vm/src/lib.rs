@@ -9,6 +9,8 @@
 //! lists them; `test/vm/run.sh` runs them inside the VM with `--include-ignored`, where
 //! [`require_vm_node`] passes.
 
+pub mod node;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
