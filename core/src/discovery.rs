@@ -221,11 +221,6 @@ fn rdma_by_netdev(root: &Path) -> HashMap<String, (String, bool)> {
     map
 }
 
-/// The uverbs node of RDMA device `ibdev` as sysfs under `root` shows it now.
-pub fn uverbs_of(root: &Path, ibdev: &str) -> Option<CharDev> {
-    uverbs_by_ibdev(root).remove(ibdev)
-}
-
 /// Maps RDMA device name -> its uverbs character device.
 fn uverbs_by_ibdev(root: &Path) -> HashMap<String, CharDev> {
     let mut map = HashMap::new();

@@ -72,6 +72,9 @@ pub enum RdmaFollow {
 pub struct Attached {
     /// The netdev's MTU on the host (`None`: it was already in the pod).
     pub host_mtu: Option<u32>,
+    /// The uverbs node of the Soft-RoCE device re-created in the pod, as the pod's namespace sees
+    /// it (the host's sysfs does not show it in exclusive netns mode).
+    pub soft_uverbs: Option<crate::discovery::CharDev>,
 }
 
 /// How a return ended.
@@ -246,6 +249,7 @@ impl PodNetworking for NetlinkNetworking {
                     .map_err(|e| step(vf, &format!("routing {dst} via {gw} on"), &e))?;
             }
         }
+        let mut soft_uverbs = None;
         match rdma {
             RdmaFollow::Shared => {}
             RdmaFollow::Soft { name } => {
@@ -254,6 +258,7 @@ impl PodNetworking for NetlinkNetworking {
                     rn.add_rxe(name, &pod.ifname)
                         .map_err(|e| soft_error(name, e))?;
                 }
+                soft_uverbs = Some(rn.uverbs(name)?);
             }
             RdmaFollow::Exclusive { name } => {
                 let here = RdmaNetlink::open()?;
@@ -262,7 +267,10 @@ impl PodNetworking for NetlinkNetworking {
                 }
             }
         }
-        Ok(Attached { host_mtu })
+        Ok(Attached {
+            host_mtu,
+            soft_uverbs,
+        })
     }
 
     fn detach(

@@ -51,12 +51,12 @@ const RDMA_NLDEV_ATTR_NDEV_NAME: u16 = 51; // string
 const RDMA_NLDEV_ATTR_LINK_TYPE: u16 = 65; // string, e.g. "rxe"
 const RDMA_NLDEV_SYS_ATTR_NETNS_MODE: u16 = 66; // u8: 1 shared, 0 exclusive
 const RDMA_NLDEV_NET_NS_FD: u16 = 68; // u32
+/// GET_CHARDEV's attributes. A reply also carries UVERBS_DRIVER_ID (73, u32), CHARDEV_ABI (71,
+/// u64) and, on architectures without efficient unaligned access, PAD (0) before each u64.
 const RDMA_NLDEV_ATTR_CHARDEV_TYPE: u16 = 69; // string: the client, "uverbs", "umad", ...
 const RDMA_NLDEV_ATTR_CHARDEV_NAME: u16 = 70; // string: the /dev node name, no directory
 const RDMA_NLDEV_ATTR_CHARDEV: u16 = 72; // u64: huge_encode_dev(dev_t), see decode_dev
-                                         // A GET_CHARDEV reply also carries UVERBS_DRIVER_ID (73, u32), CHARDEV_ABI (71, u64) and, on
-                                         // architectures without efficient unaligned access, PAD (0) before each u64: not needed here.
-/// The client name asked for (`rdma_nldev_attr` policy: NLA_NUL_STRING of at most 16 bytes).
+/// The client asked for (nldev_policy: NLA_NUL_STRING of RDMA_NLDEV_ATTR_CHARDEV_TYPE_SIZE, 32).
 const CHARDEV_TYPE_UVERBS: &str = "uverbs";
 
 // From include/uapi/linux/netlink.h.

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::MutexGuard;
 
-use conrdma_core::discovery::{uverbs_of, CharDev};
+use conrdma_core::discovery::CharDev;
 use conrdma_core::inventory::VfInv;
 use conrdma_core::ledger::{Held, NetPhase};
 use conrdma_core::netns::{Detached, HostLink, PodLink, RdmaFollow};
@@ -136,14 +136,7 @@ impl NodeState {
         conrdma_core::crash::point("net-booked");
         let started = std::time::Instant::now();
         let attached = self.net.attach(&net.netns, &vf, &pod, &follow)?;
-        let soft_uverbs = match &follow {
-            RdmaFollow::Soft { name } => Some(uverbs_of(&self.root, name).ok_or_else(|| {
-                PluginError::Setup(format!(
-                    "Soft-RoCE device {name} re-created in the pod has no uverbs node in sysfs"
-                ))
-            })?),
-            _ => None,
-        };
+        let soft_uverbs = attached.soft_uverbs.clone();
         let updated = self.ledger().update(pod_id, |e| {
             if let Some(n) = e.net.as_mut() {
                 n.phase = NetPhase::InPod;
