@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Boots a ConRDMA node VM on Debian's own kernel and runs COMMAND in it, as root:
 #
-#   sudo hack/vm-node.sh [--no-install] [--no-build] 'COMMAND'
+#   sudo hack/vm-node.sh [--no-install] [--no-build] [--kernel default|sid|PATH] 'COMMAND'
 #   sudo hack/vm-node.sh 'bash test/vm/run.sh'        # the real-kernel test tier
+#   sudo hack/vm-node.sh --kernel sid 'bash test/vm/run.sh'   # ... on Debian sid's current kernel
 #
 # The VM (virtme-ng, QEMU software emulation) sees the host's files read-only, this checkout
 # included, and has a real SR-IOV NIC: QEMU's igb (Intel 82576) on a PCIe root port. Before
@@ -20,22 +21,28 @@
 #
 # Before booting it installs what is missing (hack/install-deps.sh, hack/install-vm-deps.sh;
 # --no-install skips) and stages the workspace's binaries (hack/vm/stage.sh; --no-build skips).
+# Kernel (--kernel, or CONRDMA_VM_KERNEL): default = bookworm's (the newest /boot/vmlinuz-* with
+# modules, from linux-image-amd64); sid = Debian sid's newest amd64 kernel, installed by
+# `hack/install-vm-deps.sh --kernel sid` into /lib/modules/<ver>/vmlinuz; PATH = that image (its
+# modules must be in /lib/modules/<its version>).
 # Knobs: CONRDMA_VM_TIMEOUT (seconds for the VM, default 480), CONRDMA_VM_VFS (VFs, default 4, max 7),
-# CONRDMA_VM_MEMORY (default 2G), CONRDMA_VM_CPUS (default 2), CONRDMA_VM_KERNEL (a /boot/vmlinuz-*;
-# default the newest with modules), CONRDMA_VM_DIR (default target/conrdma-vm).
+# CONRDMA_VM_MEMORY (default 2G), CONRDMA_VM_CPUS (default 2), CONRDMA_VM_DIR (default target/conrdma-vm).
 # One VM at a time per checkout (a lock): QEMU's software emulation wants both cores.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 say() { echo "vm-node: $*" >&2; }
-die() { say "error: $*"; exit "${2:-1}"; }
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+die() { say "error: $1"; exit "${2:-1}"; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 install=1 build=1
+kernel_choice=${CONRDMA_VM_KERNEL:-default}
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-install) install=0 ;;
     --no-build) build=0 ;;
+    --kernel) [ $# -ge 2 ] || usage; kernel_choice=$2; shift ;;
+    --kernel=*) kernel_choice=${1#--kernel=} ;;
     -h|--help) usage ;;
     --) shift; break ;;
     -*) say "unknown option $1"; usage ;;
@@ -47,6 +54,11 @@ done
 command=$1
 
 [ "$(id -u)" = 0 ] || die "run as root (installs packages; the VM runs containerd and loads modules)" 2
+case "$kernel_choice" in
+  default|sid) ;;
+  /*) ;;
+  *) die "--kernel (CONRDMA_VM_KERNEL) takes default, sid or an absolute path to a kernel image, not '$kernel_choice'" 2 ;;
+esac
 t0=$(date +%s.%N)
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b - a}'; }
 
@@ -60,9 +72,9 @@ flock -w 900 9 || die "another hack/vm-node.sh holds $vmdir/lock"
 
 if [ $install = 1 ]; then
   bash "$repo/hack/install-deps.sh" >/dev/null
-  bash "$repo/hack/install-vm-deps.sh"
+  bash "$repo/hack/install-vm-deps.sh" --kernel "$kernel_choice"
 else
-  bash "$repo/hack/install-vm-deps.sh" --check
+  bash "$repo/hack/install-vm-deps.sh" --check --kernel "$kernel_choice"
 fi
 t_installed=$(date +%s.%N)
 if [ $build = 1 ]; then
@@ -72,13 +84,24 @@ elif [ ! -f "$stage/manifest" ]; then
 fi
 t_staged=$(date +%s.%N)
 
-kernel=${CONRDMA_VM_KERNEL:-}
-if [ -z "$kernel" ]; then
-  for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V -r); do
-    [ -d "/lib/modules/${k#/boot/vmlinuz-}/kernel" ] && { kernel=$k; break; }
-  done
-fi
-[ -n "$kernel" ] && [ -r "$kernel" ] || die "no kernel with modules in /boot (hack/install-vm-deps.sh installs linux-image-amd64)"
+kernel=""
+case "$kernel_choice" in
+  default)
+    for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V -r); do
+      [ -d "/lib/modules/${k#/boot/vmlinuz-}/kernel" ] && { kernel=$k; break; }
+    done
+    [ -n "$kernel" ] || die "no kernel with modules in /boot (hack/install-vm-deps.sh installs linux-image-amd64)"
+    kernel_release=${kernel#/boot/vmlinuz-} ;;
+  sid)
+    kernel_release=$(cat "${CONRDMA_VM_SID_KERNEL_DIR:-/opt/conrdma-kernel-sid}/version" 2>/dev/null) ||
+      die "Debian sid's kernel is not installed (hack/install-vm-deps.sh --kernel sid)"
+    kernel=/lib/modules/$kernel_release/vmlinuz ;;
+  *)
+    kernel=$kernel_choice
+    kernel_release=$(file -bL "$kernel" 2>/dev/null | sed -n 's/.*, version \([^ ]*\) .*/\1/p')
+    [ -n "$kernel_release" ] || kernel_release="?" ;;
+esac
+[ -r "$kernel" ] || die "kernel image $kernel not readable"
 vng=${CONRDMA_VM_DEPS:-/opt/conrdma-vm}/venv/bin/vng
 
 # Fresh results dir; the host path is also the guest path.
@@ -109,7 +132,7 @@ vng_args=(--run "$kernel" --disable-microvm --disable-kvm --force-9p
           --memory "${CONRDMA_VM_MEMORY:-2G}" --cpus "${CONRDMA_VM_CPUS:-2}"
           --rwdir "$results" --cwd "$repo" --qemu-opts="$qemu_opts"
           -- "bash $repo/hack/vm/guest.sh $results")
-say "booting $(basename "$kernel") (QEMU TCG, $(qemu-system-x86_64 --version | head -1 | awk '{print $4}')), time limit ${timeout_s}s; log: $results/console.log"
+say "booting kernel $kernel_release ($kernel_choice: $kernel) (QEMU TCG, $(qemu-system-x86_64 --version | head -1 | awk '{print $4}')), time limit ${timeout_s}s; log: $results/console.log"
 
 # `timeout` runs vng in its own process group, so on expiry the whole group (vng, qemu) is killed.
 # The pid is that group's id: anything left in it afterwards is ours to stop.
@@ -136,8 +159,9 @@ sleep 0.2 # let tee finish console.log
 val() { local v; v=$(sed -n "s/^$1=//p" "$results/timings" 2>/dev/null | tail -1); echo "${v:-?}"; }
 boot="?"
 [ "$(val guest_start_epoch)" != "?" ] && boot=$(secs "$t_boot" "$(val guest_start_epoch)")
-summary="install/check $(secs "$t0" "$t_installed")s, build/stage $(secs "$t_installed" "$t_staged")s, boot ${boot}s (kernel uptime $(val kernel_uptime_at_start)s), node setup $(val setup_secs)s, command $(val command_secs)s, VM total $(secs "$t_boot" "$t_end")s, all $(secs "$t0" "$t_end")s"
+summary="kernel $(val kernel_release) ($kernel_choice), install/check $(secs "$t0" "$t_installed")s, build/stage $(secs "$t_installed" "$t_staged")s, boot ${boot}s (kernel uptime $(val kernel_uptime_at_start)s), node setup $(val setup_secs)s, command $(val command_secs)s, VM total $(secs "$t_boot" "$t_end")s, all $(secs "$t0" "$t_end")s"
 {
+  echo "host_kernel_image=$kernel"
   echo "host_boot_to_guest_secs=$boot"
   echo "host_vm_secs=$(secs "$t_boot" "$t_end")"
   echo "host_total_secs=$(secs "$t0" "$t_end")"

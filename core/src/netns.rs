@@ -371,14 +371,7 @@ impl PodNetworking for NetlinkNetworking {
 /// but RDMA CM inside the pod cannot reach peers (`RDMA_CM_EVENT_UNREACHABLE`). Kernels whose
 /// rdma_rxe keeps one socket per namespace (Debian's 7.2) list `rxe_ns_pernet_sk4`.
 fn rxe_per_netns(name: &str) -> Result<()> {
-    static PER_NETNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *PER_NETNS.get_or_init(|| {
-        std::fs::read_to_string("/proc/kallsyms").is_ok_and(|k| {
-            k.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("rxe_ns_pernet_sk4"))
-        })
-    });
-    if ok {
+    if rxe_per_netns_supported() {
         return Ok(());
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -389,6 +382,18 @@ fn rxe_per_netns(name: &str) -> Result<()> {
         ),
         ErrorClass::Precondition,
     ))
+}
+
+/// Whether the loaded rdma_rxe keeps one UDP socket per network namespace. Read once (the
+/// symbol table is large, seconds to read under emulation): call it at startup, off the pod path.
+pub fn rxe_per_netns_supported() -> bool {
+    static PER_NETNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PER_NETNS.get_or_init(|| {
+        std::fs::read_to_string("/proc/kallsyms").is_ok_and(|k| {
+            k.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("rxe_ns_pernet_sk4"))
+        })
+    })
 }
 
 /// Opens a pod's network namespace file.

@@ -38,8 +38,9 @@ finish() { # finish CODE: logs and timings out, then leave (virtme-ng powers off
 {
   echo "guest_start_epoch=$t_start"
   echo "kernel_uptime_at_start=$kernel_uptime"
+  echo "kernel_release=$(uname -r)"
 } >"$results/timings"
-echo "vm-node: guest up (kernel uptime ${kernel_uptime}s), $(uname -r), $(nproc) CPUs"
+echo "vm-node: guest up (kernel uptime ${kernel_uptime}s), kernel $(uname -r) ($(uname -v)), $(nproc) CPUs"
 
 t_setup=$(date +%s.%N)
 if ! CONRDMA_VM_NODE_FACTS=/run/conrdma-vm/node.json bash "$here/node-setup.sh"; then

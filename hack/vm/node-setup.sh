@@ -16,6 +16,11 @@ t0=$(date +%s.%N)
 step() { echo "node-setup: [$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1fs", b - a}')] $*"; }
 die() { echo "node-setup: FAILED: $*" >&2; exit 1; }
 
+# udev (when the host has it, virtme-ng runs it in the VM) renames new netdevs (eth0 -> enp1s0,
+# eth1 -> enp1s0v0 ...) a moment after they appear: a name read before that is gone when used.
+# Wait for its queue to drain before reading names. Without udev the names stay eth<i>.
+settle() { if command -v udevadm >/dev/null; then udevadm settle -t 20 >/dev/null 2>&1 || true; fi; }
+
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local secs=$1 what=$2; shift 2
   local end=$(( $(date +%s) + secs ))
@@ -26,23 +31,28 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 # --- 1. modules -------------------------------------------------------------------------------
-# crc32_generic first: rdma_rxe fails to init its ICRC ("failed to init crc32 algorithm err:-2")
-# when no crc32 implementation is loaded yet.
-for m in crc32_generic igb igbvf ib_core ib_uverbs rdma_rxe rdma_ucm; do
+# crc32_generic first where it exists: on 6.1 rdma_rxe fails to init its ICRC ("failed to init crc32
+# algorithm err:-2") when no crc32 crypto implementation is loaded yet. Newer kernels (7.x) have no
+# crc32_generic module (crc32 is library code, built in) and rdma_rxe does not need it.
+if modprobe -n -q crc32_generic 2>/dev/null; then
+  modprobe crc32_generic || die "modprobe crc32_generic (modules of $(uname -r) under /lib/modules)"
+fi
+for m in igb igbvf ib_core ib_uverbs rdma_rxe rdma_ucm; do
   modprobe "$m" || die "modprobe $m (modules of $(uname -r) under /lib/modules)"
 done
 step "modules loaded: $(lsmod | awk 'NR>1{print $1}' | grep -E '^(igb|igbvf|ib_core|ib_uverbs|rdma_rxe|rdma_ucm|rdma_cm)$' | sort | tr '\n' ' ')"
 
 # --- 2. VFs -----------------------------------------------------------------------------------
+settle
 pf=""
 for n in /sys/class/net/*; do
   [ -e "$n/device/sriov_totalvfs" ] && { pf=${n##*/}; break; }
 done
 [ -n "$pf" ] || die "no netdev with device/sriov_totalvfs: is the igb NIC on a PCIe root port?"
-pfdev=/sys/class/net/$pf/device
+pfdev=$(readlink -f "/sys/class/net/$pf/device") # the PCI device: stays if the name changes
 total=$(cat "$pfdev/sriov_totalvfs")
 [ "$NUM_VFS" -le "$total" ] || die "CONRDMA_VM_VFS=$NUM_VFS but $pf has sriov_totalvfs=$total"
-ip link set "$pf" up
+ip link set "$pf" up || die "ip link set $pf up"
 # igbvf only gets a working mailbox once the PF is up; the PF's link (and speed) comes a moment later.
 wait_for 20 "$pf link up (operstate)" grep -qx up "/sys/class/net/$pf/operstate"
 echo 0 >"$pfdev/sriov_numvfs"
@@ -50,10 +60,13 @@ echo "$NUM_VFS" >"$pfdev/sriov_numvfs" || die "echo $NUM_VFS > $pfdev/sriov_numv
 vfs=()
 for ((i = 0; i < NUM_VFS; i++)); do
   wait_for 30 "VF $i netdev (igbvf) under $pfdev/virtfn$i/net" test -n "$(ls "$pfdev/virtfn$i/net" 2>/dev/null)"
+done
+settle
+for ((i = 0; i < NUM_VFS; i++)); do
   vfnet=("$pfdev/virtfn$i/net"/*)
   vf=$(basename "${vfnet[0]}")
   vfs+=("$vf")
-  ip link set "$vf" up
+  ip link set "$vf" up || die "ip link set $vf up (VF $i)"
 done
 step "PF $pf ($(basename "$(readlink -f "$pfdev")"), speed $(cat "/sys/class/net/$pf/speed" 2>/dev/null || echo ?)) has $NUM_VFS of $total VFs: ${vfs[*]}"
 

@@ -127,28 +127,34 @@ impl Plugin {
     /// RunPodSandbox: a pod with its own network namespace is admitted here, before any of its
     /// containers exists, so a VF netdev moved into it is in place (and any refusal fails the pod
     /// at sandbox start, as a CNI failure would). hostNetwork pods are admitted at CreateContainer.
-    pub fn run_pod(&self, pod: &PodSandbox) -> Result<(), PluginError> {
-        let Some(netns) = crate::podnet::pod_netns(pod) else {
+    /// The move is netlink work: it runs on a blocking thread, not on an NRI worker.
+    pub async fn run_pod(&self, pod: PodSandbox) -> Result<(), PluginError> {
+        let Some(netns) = crate::podnet::pod_netns(&pod) else {
             return Ok(());
         };
         let span = info_span!("run_pod_sandbox", pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name));
-        let _g = span.enter();
         let Some(request) = Request::from_annotations(&pod.annotations)
-            .inspect_err(|e| warn!(error = %e, "refused"))?
+            .inspect_err(|e| span.in_scope(|| warn!(error = %e, "refused")))?
         else {
             return Ok(());
         };
-        let grant = self
-            .node()?
-            .grant(&pod_ref(pod), &request, &pod.runtime_handler, Some(&netns))
-            .inspect_err(|e| warn!(error = %e, "refused"))?;
-        let rec = &grant.record;
-        if grant.fresh {
-            info!(pool = %rec.pool, pf = %rec.pf, vf = rec.vf, rdma_device = %rec.rdma_device,
-                  guaranteed_mbps = rec.guaranteed_mbps, limit_mbps = rec.limit_mbps,
-                  address = rec.address.as_deref().unwrap_or(""), "admitted");
-        }
-        Ok(())
+        let node = self.node()?;
+        let work = move || {
+            let _g = span.enter();
+            let grant = node
+                .grant(&pod_ref(&pod), &request, &pod.runtime_handler, Some(&netns))
+                .inspect_err(|e| warn!(error = %e, "refused"))?;
+            let rec = &grant.record;
+            if grant.fresh {
+                info!(pool = %rec.pool, pf = %rec.pf, vf = rec.vf, rdma_device = %rec.rdma_device,
+                      guaranteed_mbps = rec.guaranteed_mbps, limit_mbps = rec.limit_mbps,
+                      address = rec.address.as_deref().unwrap_or(""), "admitted");
+            }
+            Ok(())
+        };
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| PluginError::Setup(format!("admitting the pod stopped: {e}")))?
     }
 
     fn configure_text(&self, text: &str) -> Result<(), PluginError> {
@@ -280,33 +286,42 @@ impl conrdma_nri::Handler for Plugin {
         let event = ev.event.enum_value();
         if event == Ok(Event::RUN_POD_SANDBOX) {
             // An error here fails the pod's sandbox: exactly what a refusal must do.
-            return match ev.pod.as_ref() {
-                Some(pod) => self.run_pod(pod).map_err(RpcError::from),
+            return match ev.pod.into_option() {
+                Some(pod) => self.run_pod(pod).await.map_err(RpcError::from),
                 None => Ok(()),
             };
         }
-        let (Some(pod), Ok(node)) = (ev.pod.as_ref(), self.node()) else {
+        let stop = event == Ok(Event::STOP_POD_SANDBOX);
+        if !stop && event != Ok(Event::REMOVE_POD_SANDBOX) {
+            return Ok(());
+        }
+        let (Some(pod), Ok(node)) = (ev.pod.into_option(), self.node()) else {
             return Ok(());
         };
-        if event == Ok(Event::STOP_POD_SANDBOX) {
-            // Before containerd deletes the namespace; an error is only logged by containerd,
-            // and the VF stays booked until a later stop, release or sweep brings it home.
-            if let Err(e) = node.stop(&pod.id) {
-                error!(pod_id = %pod.id, error = %e, "returning the VF netdev at pod stop failed");
+        // Netlink and fsync work: on a blocking thread, not on an NRI worker.
+        let work = move || {
+            if stop {
+                // Before containerd deletes the namespace; an error is only logged by
+                // containerd, and the VF stays booked until a later stop, release or sweep
+                // brings it home.
+                if let Err(e) = node.stop(&pod.id) {
+                    error!(pod_id = %pod.id, error = %e, "returning the VF netdev at pod stop failed");
+                }
+                return;
             }
-            return Ok(());
-        }
-        if event != Ok(Event::REMOVE_POD_SANDBOX) {
-            return Ok(());
-        }
-        match node.release(&pod.id) {
-            Ok(Some(h)) => {
-                info!(pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name),
-                                 pf = %h.record.pf, vf = h.record.vf, guaranteed_mbps = h.record.guaranteed_mbps, "released")
+            match node.release(&pod.id) {
+                Ok(Some(h)) => {
+                    info!(pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name),
+                          pf = %h.record.pf, vf = h.record.vf, guaranteed_mbps = h.record.guaranteed_mbps, "released")
+                }
+                Ok(None) => {}
+                // Kept in the ledger; the next Synchronize or sweep frees it since the pod is
+                // gone by then.
+                Err(e) => error!(pod_id = %pod.id, error = %e, "release failed"),
             }
-            Ok(None) => {}
-            // Kept in the ledger; the next Synchronize frees it since the pod is gone by then.
-            Err(e) => error!(pod_id = %pod.id, error = %e, "release failed"),
+        };
+        if let Err(e) = tokio::task::spawn_blocking(work).await {
+            error!(error = %e, "pod stop or removal handling stopped");
         }
         Ok(())
     }

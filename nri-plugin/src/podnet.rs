@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::MutexGuard;
 
 use conrdma_core::discovery::CharDev;
+use conrdma_core::error::{CoreError, ErrorClass};
 use conrdma_core::inventory::VfInv;
 use conrdma_core::ledger::{Held, NetPhase};
 use conrdma_core::netns::{Detached, HostLink, PodLink, RdmaFollow};
@@ -55,6 +56,22 @@ impl NodeState {
         } else {
             RdmaFollow::Shared
         }
+    }
+
+    /// Refuses what the kernel cannot do, before anything moves: in exclusive netns mode an rxe
+    /// device neither moves (EOPNOTSUPP) nor stays in the namespace it is created in (the kernel
+    /// registers it in the initial one), so the pod would not see it.
+    fn check_follow(&self, h: &Held) -> Result<(), PluginError> {
+        if let (RdmaFollow::Soft { name }, true) = (self.follow(h), self.rdma_exclusive) {
+            return Err(CoreError::PodNetwork {
+                reason: format!(
+                    "Soft-RoCE device {name} cannot follow its VF into the pod in exclusive RDMA netns mode: the kernel neither moves rxe devices between namespaces nor keeps one created in a pod's namespace there; use `rdma system set netns shared`, a hostNetwork pod, or a pool without [pool.network]"
+                ),
+                class: ErrorClass::Precondition,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// The VF of `record` (an allocation adopted from a live container's annotation): as the
@@ -123,6 +140,7 @@ impl NodeState {
             gateway: pool_net.gateway,
             routes: pool_net.routes.clone(),
         };
+        self.check_follow(&h)?;
         let follow = self.follow(&h);
         if net.host_mtu.is_none() {
             if let Some(mtu) = self.net.host_mtu(&vf)? {

@@ -46,6 +46,8 @@ impl VmNode {
         let mut cmd = Command::new(workspace_bin("conrdma-nri-plugin").unwrap());
         cmd.arg("--socket")
             .arg(cd.nri_socket())
+            .arg("--cri-socket")
+            .arg(cd.socket())
             .args(["--root", "/"])
             .arg("--state-dir")
             .arg(&state)
