@@ -179,10 +179,12 @@ fn read_vf(
         .and_then(|v| v.into_iter().next())
         .map(|n| (n, false))
         .or_else(|| netdev.as_ref().and_then(|n| by_netdev.get(n).cloned()));
+    // Soft devices carry a `parent` attribute naming their netdev, wherever sysfs hangs them
+    // (Linux 7.x parents rxe to the netdev's PCI function, so it shows under the VF too).
     let rdma = ib_name.map(|(name, soft)| RdmaDevice {
         uverbs: uverbs.get(&name).cloned(),
+        soft: soft || by_netdev.values().any(|(n, s)| *s && *n == name),
         name,
-        soft,
     });
     Ok(Vf {
         index,

@@ -75,6 +75,26 @@ fn finds_netdev_bound_soft_roce_devices() {
         .collect();
     assert_eq!(names, ["rxe0", "rxe1", "rxe2"]);
     assert_eq!(node.pfs[0].vfs[2].netdev.as_deref(), Some("ens1f0v2"));
+    assert!(node.pfs[0]
+        .vfs
+        .iter()
+        .all(|v| v.rdma.as_ref().unwrap().soft));
+    let pci = discover(sim(1, 2, Binding::Pci).path()).unwrap();
+    assert!(pci.pfs[0]
+        .vfs
+        .iter()
+        .all(|v| !v.rdma.as_ref().unwrap().soft));
+}
+
+#[test]
+fn a_soft_device_sysfs_also_hangs_under_the_vf_is_still_soft() {
+    // Linux 7.x parents rxe to its netdev's PCI function: `<vf>/infiniband/rxe0` exists too.
+    let dir = sim(1, 1, Binding::Netdev);
+    let vf = fs::canonicalize(dir.path().join("sys/class/net/ens1f0/device/virtfn0")).unwrap();
+    fs::create_dir_all(vf.join("infiniband/rxe0")).unwrap();
+    let node = discover(dir.path()).unwrap();
+    let rdma = node.pfs[0].vfs[0].rdma.as_ref().unwrap();
+    assert_eq!((rdma.name.as_str(), rdma.soft), ("rxe0", true));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 #
 #   sudo hack/vm-node.sh 'bash test/vm/run.sh'                 # from the host
 #   sudo CONRDMA_VM_TEST_FILTER=discovery hack/vm-node.sh 'bash test/vm/run.sh'   # names containing it
+#   sudo CONRDMA_VM_TEST_FILTER=pod_network:: hack/vm-node.sh ...    # one file (EXECUTABLE::TEST)
 #
 # Runs each test of every staged in-VM test executable (package conrdma-vm-tests, built on the
 # host by hack/vm/stage.sh) on its own, ignored ones included (they are ignored only on development
@@ -40,7 +41,9 @@ passed=0 failed=0 skipped=0 failures=()
 for exe in "${executables[@]}"; do
   name=$(basename "$exe")
   log=$results/test-$name.log
-  mapfile -t tests < <("$exe" --list --include-ignored 2>/dev/null | sed -n 's/: test$//p' | grep -F -- "$filter")
+  # The filter matches "EXECUTABLE::TEST", so it can pick a whole test file too.
+  mapfile -t tests < <("$exe" --list --include-ignored 2>/dev/null | sed -n 's/: test$//p' |
+    while read -r t; do case "$name::$t" in *"$filter"*) echo "$t" ;; esac; done)
   echo "=== conrdma-vm-tests/$name: ${#tests[@]} tests"
   for t in "${tests[@]}"; do
     t0=$(date +%s.%N)

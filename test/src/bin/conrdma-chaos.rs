@@ -3,14 +3,23 @@
 //! plugin (restarted at once), a pod's shim, or containerd (restarted at once), including in the
 //! middle of a CreateContainer or a pod removal.
 //!
-//! After every step: no VF booked twice and no PF guaranteed beyond its line rate (both counted as
-//! double bookings). At the end, once every pod is removed through CRI: the ledger is empty, every
-//! VF rate is reset, and no shim process or mount of the instance is left (counted as leaks).
+//! After every step: no VF booked twice, no PF guaranteed beyond its line rate and no address
+//! booked twice (all counted as double bookings). At the end, once every pod is removed through
+//! CRI: the ledger is empty, every VF rate is reset, and no shim process or mount of the instance
+//! is left (counted as leaks).
 //!
-//!   conrdma-chaos --cycles N --seed S [--containerd 1.7|2.1]
+//! With `--pod-network`, half the pods have their own network namespace (a CNI bridge) in a pool
+//! whose VFs move into the pod with an address (veth stand-ins for the VF netdevs, as in
+//! test/tests/pod_network.rs; fewer addresses than VFs, so the range runs out too). At the end
+//! every stand-in must be home: its own name, down, no address, and no `rdma0` left on the host
+//! (counted as netdevs astray). A stand-in deleted with a pod's namespace (containerd removed the
+//! pod while the plugin could not bring the netdev home) is reported, not counted: a veth dies
+//! with its namespace where a real VF returns to the host, which the plugin then renames home.
 //!
-//! Last line: `chaos: C cycles, F faults, leaked L, rates not reset R, double bookings D`; exit
-//! status 1 unless L, R and D are 0.
+//!   conrdma-chaos --cycles N --seed S [--containerd 1.7|2.1] [--pod-network]
+//!
+//! Last line: `chaos: C cycles, F faults, leaked L, rates not reset R, double bookings D, netdevs
+//! astray A`; exit status 1 unless L, R, D and A are 0.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,9 +31,10 @@ use conrdma_core::ledger::Ledger;
 use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
 use conrdma_e2e::containerd::{mounts_under, shim_pids};
 use conrdma_e2e::deps::{self, ContainerdLine};
+use conrdma_e2e::standin::{self, Fabric};
 use conrdma_e2e::{
-    shim_dir, shim_runtime, simulate_nic, ChildGuard, Containerd, ContainerdOptions, PodSpec,
-    NRI_PLUGIN,
+    shim_dir, shim_runtime, simulate_nic, ChildGuard, CniBridge, Containerd, ContainerdOptions,
+    PodSpec, NRI_PLUGIN,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -53,7 +63,13 @@ struct Args {
     /// NRI events alone leave behind.
     #[arg(long, default_value_t = 2)]
     sweep_seconds: u64,
+    /// Half the pods in their own network namespace, their VF moved in with an address.
+    #[arg(long)]
+    pod_network: bool,
 }
+
+/// The pool whose VFs move into pods (the first PF), and its addresses: fewer than its VFs.
+const NET_POOL: &str = "[[pool]]\nname = \"fabric\"\npfs = [\"ens1f0\"]\n[pool.network]\nsubnet = \"10.77.0.0/24\"\nrange = \"10.77.0.10-10.77.0.15\"\n";
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -163,7 +179,14 @@ fn double_bookings(state: &Path) -> (usize, Vec<String>) {
     };
     let mut by_vf: HashMap<(String, u32), Vec<String>> = HashMap::new();
     let mut by_pf: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_addr: HashMap<(String, String), Vec<String>> = HashMap::new();
     for h in &held {
+        if let Some(a) = &h.record.address {
+            by_addr
+                .entry((h.record.pool.clone(), a.clone()))
+                .or_default()
+                .push(h.pod.name.clone());
+        }
         by_vf
             .entry((h.record.pf.clone(), h.record.vf))
             .or_default()
@@ -175,6 +198,12 @@ fn double_bookings(state: &Path) -> (usize, Vec<String>) {
         .filter(|(_, pods)| pods.len() > 1)
         .map(|((pf, vf), pods)| format!("{pf} VF {vf} booked to {pods:?}"))
         .collect();
+    problems.extend(
+        by_addr
+            .iter()
+            .filter(|(_, pods)| pods.len() > 1)
+            .map(|((pool, a), pods)| format!("address {a} of pool {pool} booked to {pods:?}")),
+    );
     problems.extend(
         by_pf
             .iter()
@@ -209,14 +238,28 @@ async fn run(args: Args) -> Result<bool, String> {
     let nic = work.path().join("nic");
     simulate_nic(&nic, args.pfs, args.vfs, "100Gbps").map_err(|e| e.to_string())?;
     let config = work.path().join("node.toml");
+    let pool = if args.pod_network { NET_POOL } else { "" };
     std::fs::write(
         &config,
-        format!("[cri]\nsweep_seconds = {}\n", args.sweep_seconds),
+        format!("{pool}[cri]\nsweep_seconds = {}\n", args.sweep_seconds),
     )
     .map_err(|e| e.to_string())?;
+    // Stand-ins for the first PF's VF netdevs, named as the simulated NIC names them.
+    let stand_ins: Vec<String> = (0..args.vfs).map(|v| format!("ens1f0v{v}")).collect();
+    let _fabric = match args.pod_network {
+        true => {
+            let names: Vec<&str> = stand_ins.iter().map(String::as_str).collect();
+            Some(Fabric::new(&names).map_err(|e| e.to_string())?)
+        }
+        false => None,
+    };
     let opts = ContainerdOptions {
         runtimes: vec![shim_runtime("conrdma", &nic, &work.path().join("runc"))],
         extra_path: vec![shim_dir().map_err(|e| e.to_string())?],
+        cni_bridge: args.pod_network.then(|| CniBridge {
+            bridge: "crdbrchaos".into(),
+            subnet: "10.88.251.0/24".into(),
+        }),
         ..Default::default()
     };
     let cd = Containerd::start(opts).await.map_err(|e| e.to_string())?;
@@ -254,9 +297,14 @@ async fn run(args: Args) -> Result<bool, String> {
         if roll < 50 || pods.is_empty() {
             let gbps = [1, 5, 10, 20, 40][rng.random_range(0..5)];
             let name = format!("p{cycle}");
-            let spec = PodSpec::new(&name, "chaos", &format!("uid-{name}"))
+            let mut spec = PodSpec::new(&name, "chaos", &format!("uid-{name}"))
                 .runtime_handler("conrdma")
                 .annotation(BW, &format!("{gbps}Gbps"));
+            if args.pod_network && rng.random_bool(0.5) {
+                spec = spec
+                    .own_netns()
+                    .annotation("rdma.conrdma.io/pool", "fabric");
+            }
             let create = async {
                 let pod = cri.run_pod_spec(&spec).await.ok()?;
                 let ok = cri
@@ -358,6 +406,14 @@ async fn run(args: Args) -> Result<bool, String> {
             }
         }
     }
+    let (astray, destroyed) = if args.pod_network {
+        netdevs_astray(&stand_ins)
+    } else {
+        (0, 0)
+    };
+    if destroyed > 0 {
+        println!("chaos: {destroyed} stand-in netdev(s) deleted with a pod's namespace (a real VF returns to the host)");
+    }
     let leaked = held.len() + shims.len() + mounts.len();
     println!(
         "chaos: {} s on {}",
@@ -371,8 +427,34 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     let _ = node.cd.shutdown().await;
     println!(
-        "chaos: {} cycles, {faults} faults, leaked {leaked}, rates not reset {not_reset}, double bookings {doubles}",
+        "chaos: {} cycles, {faults} faults, leaked {leaked}, rates not reset {not_reset}, double bookings {doubles}, netdevs astray {astray}",
         args.cycles
     );
-    Ok(leaked == 0 && not_reset == 0 && doubles == 0)
+    Ok(leaked == 0 && not_reset == 0 && doubles == 0 && astray == 0)
+}
+
+/// (netdevs not home, stand-ins deleted): a stand-in on the host must be down without an IPv4
+/// address, and no `rdma0` may be left on the host.
+fn netdevs_astray(stand_ins: &[String]) -> (usize, usize) {
+    let (mut astray, mut destroyed) = (0, 0);
+    for name in stand_ins {
+        let out = std::process::Command::new("ip")
+            .args(["addr", "show", "dev", name])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                if text.contains("inet ") || text.contains(",UP") {
+                    println!("chaos: {name} is not reset: {}", text.replace('\n', " "));
+                    astray += 1;
+                }
+            }
+            _ => destroyed += 1,
+        }
+    }
+    if standin::host_has("rdma0") {
+        println!("chaos: a netdev named rdma0 is left on the host");
+        astray += 1;
+    }
+    (astray, destroyed)
 }

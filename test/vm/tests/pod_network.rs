@@ -21,6 +21,9 @@ fn config(pf: &str) -> String {
 
 fn cni() -> ContainerdOptions {
     ContainerdOptions {
+        // Under software emulation the kernel's rxe teardown and setup in a move take seconds
+        // (milliseconds on hardware); containerd's 2 s default would drop the plugin mid-move.
+        nri_request_timeout: "30s".into(),
         cni_bridge: Some(CniBridge {
             bridge: "crdbr0".into(),
             subnet: "10.88.0.0/24".into(),
@@ -92,8 +95,8 @@ async fn two_pods_reach_each_other_over_rdma_cm_on_their_vfs() {
     let addr_a = rec_a.address.clone().expect("pod A has an address");
     let ip_a = addr_a.split('/').next().unwrap().to_string();
     for (ctr, rec) in [(&a, &rec_a), (&b, &rec_b)] {
-        let (code, out, _) = n.exec(ctr, &["ip", "-o", "addr", "show", "rdma0"]).await;
-        assert_eq!(code, 0, "{out}");
+        let (code, out, err) = n.exec(ctr, &["ip", "addr", "show", "rdma0"]).await;
+        assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains(rec.address.as_deref().unwrap()), "{out}");
         // The pod's own Soft-RoCE device works from inside (through its injected uverbs node).
         let probe = n.probe(ctr, &["--device", &rec.rdma_device]).await;
