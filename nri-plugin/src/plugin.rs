@@ -125,36 +125,43 @@ impl Plugin {
     }
 
     /// RunPodSandbox: a pod with its own network namespace is admitted here, before any of its
-    /// containers exists, so a VF netdev moved into it is in place (and any refusal fails the pod
-    /// at sandbox start, as a CNI failure would). hostNetwork pods are admitted at CreateContainer.
-    /// The move is netlink work: it runs on a blocking thread, not on an NRI worker.
-    pub async fn run_pod(&self, pod: PodSandbox) -> Result<(), PluginError> {
+    /// containers exists, so a VF netdev moved into it is in place when they start. A refusal is
+    /// logged, not returned: containerd 2.1.9 leaves the sandbox's shim, pause process and mounts
+    /// behind when a plugin fails RunPodSandbox (1.7.24 cleans up), and kubelet retries sandboxes,
+    /// so each retry would leak another. The pod's first CreateContainer asks again and fails with
+    /// the reason, as for hostNetwork pods. The move is netlink work: it runs on a blocking
+    /// thread, not on an NRI worker.
+    pub async fn run_pod(&self, pod: PodSandbox) {
         let Some(netns) = crate::podnet::pod_netns(&pod) else {
-            return Ok(());
+            return;
         };
         let span = info_span!("run_pod_sandbox", pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name));
-        let Some(request) = Request::from_annotations(&pod.annotations)
-            .inspect_err(|e| span.in_scope(|| warn!(error = %e, "refused")))?
-        else {
-            return Ok(());
+        let refused = |e: &PluginError| warn!(error = %e, "not admitted at sandbox start; its first container gets the reason");
+        let request = match Request::from_annotations(&pod.annotations) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => return span.in_scope(|| refused(&e.into())),
         };
-        let node = self.node()?;
+        let node = match self.node() {
+            Ok(n) => n,
+            Err(e) => return span.in_scope(|| refused(&e)),
+        };
         let work = move || {
             let _g = span.enter();
-            let grant = node
-                .grant(&pod_ref(&pod), &request, &pod.runtime_handler, Some(&netns))
-                .inspect_err(|e| warn!(error = %e, "refused"))?;
-            let rec = &grant.record;
-            if grant.fresh {
-                info!(pool = %rec.pool, pf = %rec.pf, vf = rec.vf, rdma_device = %rec.rdma_device,
-                      guaranteed_mbps = rec.guaranteed_mbps, limit_mbps = rec.limit_mbps,
-                      address = rec.address.as_deref().unwrap_or(""), "admitted");
+            match node.grant(&pod_ref(&pod), &request, &pod.runtime_handler, Some(&netns)) {
+                Ok(grant) if grant.fresh => {
+                    let rec = &grant.record;
+                    info!(pool = %rec.pool, pf = %rec.pf, vf = rec.vf, rdma_device = %rec.rdma_device,
+                          guaranteed_mbps = rec.guaranteed_mbps, limit_mbps = rec.limit_mbps,
+                          address = rec.address.as_deref().unwrap_or(""), "admitted");
+                }
+                Ok(_) => {}
+                Err(e) => refused(&e),
             }
-            Ok(())
         };
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| PluginError::Setup(format!("admitting the pod stopped: {e}")))?
+        if let Err(e) = tokio::task::spawn_blocking(work).await {
+            error!(error = %e, "admitting the pod at sandbox start stopped");
+        }
     }
 
     fn configure_text(&self, text: &str) -> Result<(), PluginError> {
@@ -285,11 +292,10 @@ impl conrdma_nri::Handler for Plugin {
     async fn state_change(&self, ev: StateChangeEvent) -> Result<(), RpcError> {
         let event = ev.event.enum_value();
         if event == Ok(Event::RUN_POD_SANDBOX) {
-            // An error here fails the pod's sandbox: exactly what a refusal must do.
-            return match ev.pod.into_option() {
-                Some(pod) => self.run_pod(pod).await.map_err(RpcError::from),
-                None => Ok(()),
-            };
+            if let Some(pod) = ev.pod.into_option() {
+                self.run_pod(pod).await;
+            }
+            return Ok(());
         }
         let stop = event == Ok(Event::STOP_POD_SANDBOX);
         if !stop && event != Ok(Event::REMOVE_POD_SANDBOX) {

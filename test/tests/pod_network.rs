@@ -299,6 +299,16 @@ async fn bad_addresses_fail_the_pod_with_one_line_and_change_nothing() {
         assert!(!msg.contains('\n'), "{msg}");
     }
     assert_eq!(node.ledger(), before, "refusals book nothing");
+    // Refused pods leave nothing running: only pod A's shim is left. (Failing RunPodSandbox
+    // would leak the sandbox's shim on containerd 2.1.9, so the refusal comes at CreateContainer.)
+    let addr = node.cd.paths().grpc_socket.to_string_lossy().into_owned();
+    let t0 = std::time::Instant::now();
+    let mut shims = conrdma_e2e::containerd::shim_pids(&addr);
+    while shims.len() > 1 && t0.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shims = conrdma_e2e::containerd::shim_pids(&addr);
+    }
+    assert_eq!(shims.len(), 1, "shim processes left: {shims:?}");
     for vf in VFS.iter().filter(|v| **v != before[0].record.netdev) {
         assert_home(vf);
     }

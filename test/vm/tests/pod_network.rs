@@ -77,7 +77,7 @@ async fn two_pods_reach_each_other_over_rdma_cm_on_their_vfs() {
     let n = VmNode::start_with(&config(&facts.pf), cni()).await;
     if !rxe_per_netns() {
         // The kernel would create the rxe in the pod but RDMA CM there could not reach peers:
-        // the plugin refuses the pod at sandbox start with the reason, and moves nothing.
+        // the plugin refuses the pod's container with the reason, and moves nothing.
         let e = n
             .pod(netns_pod("old-kernel", &[(BW, "100M")]))
             .await
@@ -207,7 +207,7 @@ async fn twenty_cycles_leak_no_netdev_address_or_rdma_device() {
 async fn in_exclusive_mode_a_soft_roce_pod_is_refused_with_the_reason() {
     // The kernel neither moves an rxe device to another namespace (EOPNOTSUPP) nor keeps one
     // created in a pod's namespace there in exclusive mode (docs/vm-testbed.md, fact e), so the
-    // pod could not see its device: the plugin refuses it before anything moves.
+    // pod could not see its device: the plugin refuses its container before anything moves.
     let test = "in_exclusive_mode_a_soft_roce_pod_is_refused_with_the_reason";
     require_vm_node();
     let facts = node_facts();
