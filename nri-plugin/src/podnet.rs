@@ -127,10 +127,14 @@ impl NodeState {
                 .as_deref()
                 .and_then(|a| Cidr::parse(a).ok()),
         ) else {
-            return Err(PluginError::Setup(format!(
-                "pool {} of this pod's VF has no network section any more (node config changed?)",
-                h.record.pool
-            )));
+            return Err(CoreError::PodNetwork {
+                reason: format!(
+                    "pool {} of this pod's VF has no network section any more (the node config changed after the pod was admitted): remove the pod or restore the section",
+                    h.record.pool
+                ),
+                class: ErrorClass::Precondition,
+            }
+            .into());
         };
         let vf = host_link(&h);
         let pod = PodLink {
