@@ -9,17 +9,20 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+mod addresses;
+mod podnet;
+
+pub use podnet::{NetPhase, PodNet};
+
 use crate::allocation::AllocationRecord;
 use crate::error::{CoreError, Result};
 use crate::inventory::{Inventory, PfInv, PoolInv, VfInv};
-use crate::network::{Cidr, StaticAddress};
 use crate::private_fs;
 use crate::rate::format_mbps;
 use crate::request::{Request, KEY_ADDRESS, KEY_POOL};
@@ -49,44 +52,6 @@ pub struct Held {
     /// section. Written before the netdev moves, so a crash mid-move leaves a trace to finish from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<PodNet>,
-}
-
-/// A VF netdev lent to a pod's network namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodNet {
-    /// The pod's network namespace (the nsfs file containerd bind-mounts).
-    pub netns: PathBuf,
-    pub phase: NetPhase,
-    /// The netdev's MTU on the host before the move, put back on return.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_mtu: Option<u32>,
-    /// The uverbs node of the Soft-RoCE device re-created in the pod (it replaces the host's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub soft_uverbs: Option<crate::discovery::CharDev>,
-    /// The VF as discovered when it was booked: the host's sysfs stops showing it once its
-    /// netdev is in the pod, and a restarted plugin still needs it.
-    pub vf: VfInv,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NetPhase {
-    /// Address booked; the move may have started (or been cut short by a crash).
-    Booked,
-    /// In the pod, addressed and up.
-    InPod,
-    /// Back on the host under its own name: the VF may go to the next pod once the booking is
-    /// released.
-    Returned,
-}
-
-impl Held {
-    /// Whether the VF netdev may be anywhere but home, so the booking must not be released yet.
-    pub fn net_out(&self) -> bool {
-        self.net
-            .as_ref()
-            .is_some_and(|n| n.phase != NetPhase::Returned)
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -530,88 +495,6 @@ impl Ledger {
             return Err(e);
         }
         Ok(Some(after))
-    }
-
-    /// The addresses booked in `pool`.
-    fn addresses_in(&self, pool: &str) -> HashSet<Ipv4Addr> {
-        self.held
-            .values()
-            .filter(|h| h.record.pool == pool)
-            .filter_map(|h| h.record.address.as_deref())
-            .filter_map(|a| Cidr::parse(a).ok())
-            .map(|c| c.addr)
-            .collect()
-    }
-
-    /// Narrows `pools` to those whose subnet holds the pod's static address, refusing (naming the
-    /// annotation) when none does or the address is taken.
-    fn pools_for_address<'i>(
-        &self,
-        inv: &'i Inventory,
-        pools: Vec<&'i PoolInv>,
-        req: &Request,
-        want: &StaticAddress,
-    ) -> Result<Vec<&'i PoolInv>> {
-        let refuse = |reason: String, accepted: String| CoreError::InvalidAnnotation {
-            key: KEY_ADDRESS.into(),
-            value: want.text.clone(),
-            reason,
-            accepted,
-        };
-        let fits: Vec<&PoolInv> = pools
-            .into_iter()
-            .filter(|p| {
-                p.network
-                    .as_ref()
-                    .is_some_and(|n| n.subnet.contains(want.addr))
-            })
-            .collect();
-        if fits.is_empty() {
-            let nets: Vec<String> = inv
-                .pools
-                .iter()
-                .filter(|p| req.pool.as_ref().is_none_or(|n| n == &p.name))
-                .filter_map(|p| {
-                    p.network
-                        .as_ref()
-                        .map(|n| format!("{} ({})", p.name, n.subnet))
-                })
-                .collect();
-            return Err(refuse(
-                format!(
-                    "no pool{} has a network whose subnet holds {}",
-                    match &req.pool {
-                        Some(p) => format!(" named {p}"),
-                        None => String::new(),
-                    },
-                    want.addr
-                ),
-                if nets.is_empty() {
-                    "none: no pool here has a network section".into()
-                } else {
-                    format!("an address in the subnet of {}", nets.join(", "))
-                },
-            ));
-        }
-        for p in &fits {
-            if let Some(h) = self.held.values().find(|h| {
-                h.record.pool == p.name
-                    && h.record
-                        .address
-                        .as_deref()
-                        .and_then(|a| Cidr::parse(a).ok())
-                        .is_some_and(|c| c.addr == want.addr)
-            }) {
-                return Err(refuse(
-                    format!(
-                        "{} is already in use by pod {}/{}",
-                        want.addr, h.pod.namespace, h.pod.name
-                    ),
-                    "an address no other pod holds".into(),
-                ));
-            }
-        }
-        Ok(fits)
     }
 
     fn pf_load(&self, pf: &str) -> (u64, usize) {
