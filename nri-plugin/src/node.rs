@@ -198,13 +198,10 @@ impl NodeState {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    // Never a half-set-up pod: bring the VF home and, for a new pod, free it.
-                    if let Err(back) = self.return_net(&pod.id) {
-                        error!(pod_id = %pod.id, error = %back, "returning the VF netdev after a failed move failed; it stays booked and is retried");
-                    } else if fresh {
-                        if let Err(undo) = self.release(&pod.id) {
-                            error!(pod_id = %pod.id, error = %undo, "undoing the admission failed");
-                        }
+                    // Never a half-set-up pod: bring the VF home and free the booking (also one
+                    // made earlier, e.g. before a crash), so the next container asks afresh.
+                    if let Err(undo) = self.release(&pod.id) {
+                        error!(pod_id = %pod.id, error = %undo, "undoing the admission after a failed move failed; the VF stays booked and is retried");
                     }
                     return Err(e);
                 }

@@ -253,3 +253,111 @@ fn host_link(h: &Held) -> HostLink {
         pci: h.record.vf_pci.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use conrdma_core::netns::{Attached, PodNetworking};
+    use conrdma_core::simulate::{build, SimOptions};
+    use conrdma_core::{NodeConfig, Request};
+
+    use super::*;
+
+    /// A kernel that refuses every move, counting what was asked of it.
+    #[derive(Default)]
+    struct Refusing {
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl PodNetworking for Refusing {
+        fn host_mtu(&self, _: &HostLink) -> conrdma_core::Result<Option<u32>> {
+            Ok(Some(1500))
+        }
+        fn attach(
+            &self,
+            _: &Path,
+            _: &HostLink,
+            _: &PodLink,
+            _: &RdmaFollow,
+        ) -> conrdma_core::Result<Attached> {
+            self.calls.lock().unwrap().push("attach");
+            Err(CoreError::PodNetwork {
+                reason: "refused by the test's kernel".into(),
+                class: ErrorClass::Precondition,
+            })
+        }
+        fn detach(
+            &self,
+            _: &Path,
+            _: &HostLink,
+            _: &str,
+            _: Option<u32>,
+            _: &RdmaFollow,
+        ) -> conrdma_core::Result<Detached> {
+            self.calls.lock().unwrap().push("detach");
+            Ok(Detached::Returned)
+        }
+    }
+
+    #[test]
+    fn a_move_the_kernel_refuses_brings_the_vf_home_and_books_nothing_even_on_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("nic");
+        let opts = SimOptions {
+            pfs: 1,
+            vfs_per_pf: 2,
+            ..Default::default()
+        };
+        build(&root, &opts).unwrap();
+        let cfg = NodeConfig::from_toml(
+            "[[pool]]\nname = \"f\"\npfs = [\"ens1f0\"]\n[pool.network]\nsubnet = \"10.77.0.0/24\"",
+            "test",
+        )
+        .unwrap();
+        let net = Arc::new(Refusing::default());
+        let state = dir.path().join("state");
+        let node = NodeState::open_with(&root, &state, cfg, net.clone()).unwrap();
+        let pod = conrdma_core::PodRef {
+            id: "sb-1".into(),
+            uid: "u".into(),
+            namespace: "default".into(),
+            name: "p".into(),
+        };
+        let ann: HashMap<String, String> =
+            [("rdma.conrdma.io/bandwidth".to_string(), "1G".to_string())].into();
+        let req = Request::from_annotations(&ann).unwrap().unwrap();
+        let ns = Path::new("/run/netns/test");
+        for attempt in 0..2 {
+            let e = node
+                .grant(&pod, &req, "runc", Some(ns))
+                .err()
+                .expect("refused");
+            assert!(
+                e.to_string().contains("refused by the test's kernel"),
+                "{e}"
+            );
+            assert_eq!(e.code(), conrdma_nri::ttrpc::Code::FAILED_PRECONDITION);
+            assert!(
+                node.held().is_empty(),
+                "attempt {attempt}: nothing stays booked"
+            );
+        }
+        assert_eq!(
+            *net.calls.lock().unwrap(),
+            ["attach", "detach", "attach", "detach"],
+            "every failed move is undone"
+        );
+        // A booking left by a crash mid-move (phase booked) is undone the same way.
+        {
+            let inv = node.inventory();
+            node.ledger()
+                .admit_in(&inv, &pod, &req, Some(ns), |_| {})
+                .unwrap();
+        }
+        assert!(node.grant(&pod, &req, "runc", Some(ns)).is_err());
+        assert!(node.held().is_empty());
+    }
+}
