@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,11 @@ use crate::request::{Request, KEY_ADDRESS, KEY_POOL};
 const LEDGER_FILE: &str = "ledger.json";
 const LOCK_FILE: &str = "ledger.lock";
 const FORMAT_VERSION: u32 = 1;
+/// How long a sweep leaves a pod admitted with its own network namespace alone while no runtime
+/// list has shown it: containerd adds a sandbox to its CRI store only after NRI RunPodSandbox
+/// returns, and the plugin admits such pods during that call. Bounded, because a sandbox whose
+/// RunPodSandbox failed after the admission is never listed.
+pub const SANDBOX_LISTING_GRACE: Duration = Duration::from_secs(30);
 
 /// The pod an allocation belongs to. `id` is the CRI sandbox id, the key containerd uses everywhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +104,9 @@ pub struct Ledger {
     /// Pod id -> the counter's value when this process admitted it. Entries read from disk at
     /// open are absent (they count as admitted before any mark).
     admitted_at: HashMap<String, u64>,
+    /// Pods with their own network namespace admitted by this process that no runtime list has
+    /// shown yet, with when: see [`SANDBOX_LISTING_GRACE`].
+    unlisted: HashMap<String, Instant>,
     _lock: Flock<File>,
 }
 
@@ -137,6 +146,7 @@ impl Ledger {
             held,
             admissions: 0,
             admitted_at: HashMap::new(),
+            unlisted: HashMap::new(),
             _lock: lock,
         })
     }
@@ -190,6 +200,8 @@ impl Ledger {
         finish: impl FnOnce(&mut Held),
     ) -> Result<(AllocationRecord, bool)> {
         if let Some(h) = self.held.get(&pod.id) {
+            // Its container is being created: the runtime has the sandbox.
+            self.unlisted.remove(&pod.id);
             return Ok((h.record.clone(), false));
         }
         let fixed = req.static_address();
@@ -333,6 +345,9 @@ impl Ledger {
         }
         self.admissions += 1;
         self.admitted_at.insert(pod.id.clone(), self.admissions);
+        if netns.is_some() {
+            self.unlisted.insert(pod.id.clone(), Instant::now());
+        }
         Ok((record, true))
     }
 
@@ -346,6 +361,7 @@ impl Ledger {
             return Err(e);
         }
         self.admitted_at.remove(pod_id);
+        self.unlisted.remove(pod_id);
         Ok(Some(h))
     }
 
@@ -362,6 +378,7 @@ impl Ledger {
     /// holds taken after `mark`. Unlike [`Ledger::reconcile`] (whose list comes from NRI
     /// Synchronize, during which no pod is admitted) this runs alongside admissions, hence the mark.
     pub fn sweep(&mut self, live: &HashSet<String>, mark: u64) -> Result<Vec<Held>> {
+        self.unlisted.retain(|id, _| !live.contains(id));
         let before = self.held.clone();
         let released = self.take_gone(live, mark);
         if released.is_empty() {
@@ -387,9 +404,23 @@ impl Ledger {
         self.held
             .values()
             .filter(|h| !live.contains(&h.pod.id) && h.net_out())
-            .filter(|h| self.admitted_at.get(&h.pod.id).copied().unwrap_or(0) <= mark)
+            .filter(|h| !self.maybe_unlisted(&h.pod.id, mark))
             .cloned()
             .collect()
+    }
+
+    /// Whether a pod missing from a runtime's list taken after `mark` may be missing only
+    /// because the list is older than the pod: admitted after the mark, or (for a sweep, which
+    /// runs alongside admissions) admitted with its own network namespace, never listed since,
+    /// and within [`SANDBOX_LISTING_GRACE`]: such a pod is admitted during NRI RunPodSandbox and
+    /// listed only once containerd finishes that call.
+    fn maybe_unlisted(&self, pod_id: &str, mark: u64) -> bool {
+        self.admitted_at.get(pod_id).is_some_and(|n| *n > mark)
+            || (mark != u64::MAX
+                && self
+                    .unlisted
+                    .get(pod_id)
+                    .is_some_and(|t| t.elapsed() < SANDBOX_LISTING_GRACE))
     }
 
     /// Removes (in memory) the pods missing from `live` that were admitted no later than `mark`.
@@ -398,7 +429,7 @@ impl Ledger {
             .held
             .keys()
             .filter(|id| !live.contains(*id))
-            .filter(|id| self.admitted_at.get(*id).copied().unwrap_or(0) <= mark)
+            .filter(|id| !self.maybe_unlisted(id, mark))
             // Their VF must be brought home first (the caller does, then marks it returned).
             .filter(|id| !self.held.get(*id).is_some_and(Held::net_out))
             .cloned()
@@ -414,6 +445,7 @@ impl Ledger {
         }
         for h in released {
             self.admitted_at.remove(&h.pod.id);
+            self.unlisted.remove(&h.pod.id);
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use conrdma_core::discovery::discover;
-use conrdma_core::ledger::Ledger;
+use conrdma_core::ledger::{Ledger, SANDBOX_LISTING_GRACE};
 use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
 use conrdma_e2e::containerd::{mounts_under, shim_pids};
 use conrdma_e2e::deps::{self, ContainerdLine};
@@ -361,8 +361,14 @@ async fn run(args: Args) -> Result<bool, String> {
         }
         let _ = cri.remove_everything().await;
     }
-    // Removals NRI did not relay are freed by the plugin's sweep within its period.
-    let deadline = Instant::now() + Duration::from_secs(3 * args.sweep_seconds + 5);
+    // Removals NRI did not relay are freed by the plugin's sweep within its period; a pod
+    // admitted at RunPodSandbox whose sandbox never made it into containerd's list is left alone
+    // for SANDBOX_LISTING_GRACE first.
+    let mut wait = Duration::from_secs(3 * args.sweep_seconds + 5);
+    if args.pod_network {
+        wait = wait.max(SANDBOX_LISTING_GRACE + Duration::from_secs(args.sweep_seconds + 5));
+    }
+    let deadline = Instant::now() + wait;
     let mut held = Ledger::snapshot(&node.state).map_err(|e| e.to_string())?;
     while !held.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
