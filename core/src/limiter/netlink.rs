@@ -337,7 +337,7 @@ fn link_message(pf: &str) -> LinkMessage {
     msg
 }
 
-fn serialize(payload: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+pub(crate) fn serialize(payload: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
     header.sequence_number = seq;

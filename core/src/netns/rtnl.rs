@@ -4,10 +4,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::BorrowedFd;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
-    NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
@@ -16,7 +13,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::limiter::netlink::{ext_ack_message, KernelError};
+use crate::limiter::netlink::{parse_replies, serialize, KernelError, Reply};
 use crate::network::Cidr;
 
 /// A link as rtnetlink reports it.
@@ -66,43 +63,17 @@ impl Rt {
     ) -> std::result::Result<Option<LinkMessage>, KernelError> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = seq;
-        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
-        msg.finalize();
-        let mut buf = vec![0u8; msg.buffer_len()];
-        msg.serialize(&mut buf);
+        let buf = serialize(payload, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
         self.sock.send(&buf, 0).map_err(KernelError::from_io)?;
         let mut link = None;
         for _ in 0..64 {
             let (data, _) = self.sock.recv_from_full().map_err(KernelError::from_io)?;
-            let mut rest = &data[..];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if len < 16 || len > rest.len() {
-                    break;
+            for reply in parse_replies(&data, seq).map_err(KernelError::from_io)? {
+                match reply {
+                    Reply::Ack => return Ok(link),
+                    Reply::Error(e) => return Err(e),
+                    Reply::Link(l) => link = Some(l),
                 }
-                if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len]) {
-                    if m.header.sequence_number == seq {
-                        match m.payload {
-                            NetlinkPayload::Error(e) => {
-                                return match e.code {
-                                    None => Ok(link),
-                                    Some(code) => Err(KernelError {
-                                        errno: code.get().abs(),
-                                        ext_msg: ext_ack_message(m.header.flags, &e.header),
-                                    }),
-                                }
-                            }
-                            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                                link = Some(l)
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                rest = &rest[((len + 3) & !3).min(rest.len())..];
             }
         }
         Err(KernelError {

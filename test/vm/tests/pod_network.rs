@@ -32,12 +32,23 @@ fn cni() -> ContainerdOptions {
     }
 }
 
-/// Whether this kernel's rdma_rxe serves RDMA CM inside network namespaces.
+/// Whether this kernel's rdma_rxe serves RDMA CM inside network namespaces (the plugin's check).
 fn rxe_per_netns() -> bool {
-    std::fs::read_to_string("/proc/kallsyms").is_ok_and(|k| {
-        k.lines()
-            .any(|l| l.split_whitespace().nth(2) == Some("rxe_ns_pernet_sk4"))
-    })
+    conrdma_core::netns::rxe_per_netns_supported()
+}
+
+/// A pod in its own network namespace is refused with one line containing `needle`, books
+/// nothing, and every VF stays home.
+async fn assert_refused(n: VmNode, facts: &NodeFacts, pod: PodSpec, needle: &str) {
+    let e = n.pod(pod).await.expect_err("refused");
+    assert!(
+        e.message().contains(needle) && !e.message().contains('\n'),
+        "{}",
+        e.message()
+    );
+    assert_eq!(n.ledger(), vec![], "{}", n.plugin_log());
+    drop(n);
+    assert_all_home(facts);
 }
 
 fn netns_pod(name: &str, annotations: &[(&str, &str)]) -> PodSpec {
@@ -178,17 +189,8 @@ async fn where_rxe_cannot_serve_pod_namespaces_the_pod_is_refused_with_the_reaso
         return;
     }
     let n = VmNode::start_with(&config(&facts.pf), cni()).await;
-    let e = n
-        .pod(netns_pod("old-kernel", &[(BW, "100M")]))
-        .await
-        .expect_err("refused on a kernel without per-namespace rxe sockets");
-    assert!(
-        e.message().contains("rxe_ns_pernet_sk4") && !e.message().contains('\n'),
-        "{}",
-        e.message()
-    );
-    assert_eq!(n.ledger(), vec![], "{}", n.plugin_log());
-    assert_all_home(&facts);
+    let pod = netns_pod("old-kernel", &[(BW, "100M")]);
+    assert_refused(n, &facts, pod, "rxe_ns_pernet_sk4").await;
 }
 
 #[tokio::test]
@@ -244,18 +246,8 @@ async fn in_exclusive_mode_a_soft_roce_pod_is_refused_with_the_reason() {
         }
     };
     let n = VmNode::start_with(&config(&facts.pf), cni()).await;
-    let e = n
-        .pod(netns_pod("exclusive", &[]))
-        .await
-        .expect_err("refused in exclusive mode");
-    assert!(
-        e.message().contains("exclusive RDMA netns mode") && !e.message().contains('\n'),
-        "{}",
-        e.message()
-    );
-    assert_eq!(n.ledger(), vec![], "{}", n.plugin_log());
-    drop(n);
-    assert_all_home(&facts);
+    let pod = netns_pod("exclusive", &[]);
+    assert_refused(n, &facts, pod, "exclusive RDMA netns mode").await;
 }
 
 /// `rdma system set netns exclusive` for the test's length. The kernel refuses a mode change
