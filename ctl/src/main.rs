@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use conrdma_core::discovery::discover;
-use conrdma_core::ledger::Ledger;
-use conrdma_core::rate::{format_mbps, Rate};
-use conrdma_core::simulate::{build, Binding, SimOptions};
-use conrdma_core::{CoreError, Inventory, NodeConfig};
+use conrdma_api::rate::{format_mbps, Rate};
+use conrdma_node::discovery::discover;
+use conrdma_node::ledger::Ledger;
+use conrdma_node::simulate::{build, Binding, SimOptions};
+use conrdma_node::{Inventory, NodeConfig, NodeError};
 
 #[derive(Parser)]
 #[command(version, about = "ConRDMA node tool")]
@@ -80,11 +80,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(config: Option<&PathBuf>) -> Result<NodeConfig, CoreError> {
+fn load(config: Option<&PathBuf>) -> Result<NodeConfig, NodeError> {
     config.map_or(Ok(NodeConfig::default()), |p| NodeConfig::load(p))
 }
 
-fn run(cmd: Cmd) -> Result<(), CoreError> {
+fn run(cmd: Cmd) -> Result<(), NodeError> {
     match cmd {
         Cmd::SimulateNic {
             root,
@@ -135,16 +135,15 @@ fn run(cmd: Cmd) -> Result<(), CoreError> {
                 "{:<12} {:>10} {:>11} {:>5} {:>9}",
                 "POOL", "CAPACITY", "GUARANTEED", "PODS", "FREE VFS"
             );
-            for pool in &inv.pools {
-                let mine: Vec<_> = held.iter().filter(|h| h.record.pool == pool.name).collect();
-                let vfs: usize = pool.pfs.iter().map(|p| p.vfs.len()).sum();
+            let records = held.iter().map(|h| &h.record);
+            for pool in conrdma_node::report::pool_reports(&inv, records) {
                 println!(
                     "{:<12} {:>10} {:>11} {:>5} {:>9}",
-                    pool.name,
-                    format_mbps(pool.pfs.iter().map(|p| p.capacity_mbps).sum()),
-                    format_mbps(mine.iter().map(|h| h.record.guaranteed_mbps).sum()),
-                    mine.len(),
-                    vfs.saturating_sub(mine.len()),
+                    pool.pool,
+                    format_mbps(pool.capacity_mbps),
+                    format_mbps(pool.guaranteed_mbps),
+                    pool.pods,
+                    pool.vfs_free,
                 );
             }
             println!();

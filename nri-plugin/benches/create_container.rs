@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conrdma_core::limiter::{RateLimiter, SimulatedLimiter};
-use conrdma_core::rate::Rate;
-use conrdma_core::simulate::{build, Binding, SimOptions};
-use conrdma_core::NodeConfig;
+use conrdma_api::rate::Rate;
+use conrdma_node::limiter::{RateLimiter, SimulatedLimiter};
+use conrdma_node::simulate::{build, Binding, SimOptions};
+use conrdma_node::NodeConfig;
 use conrdma_nri::{Container, CreateContainerRequest, PodSandbox};
 use conrdma_nri_plugin::{conserve, NodeState, Plugin};
 

@@ -2,9 +2,10 @@
 //! node and rdma_cm (containerd adds their device-cgroup allow rules), the env vars a workload reads,
 //! the allocation annotation, and `rdma.max` where the host can take it.
 
-use conrdma_core::discovery::CharDev;
-use conrdma_core::request::{Request, KEY_ALLOCATION};
-use conrdma_core::{AllocationRecord, NodeConfig};
+use conrdma_api::allocation::{AllocationRecord, RdmaCgroupLimit};
+use conrdma_api::request::{Request, KEY_ALLOCATION};
+use conrdma_node::discovery::CharDev;
+use conrdma_node::NodeConfig;
 use conrdma_nri::{
     ContainerAdjustment, KeyValue, LinuxContainerAdjustment, LinuxDevice, LinuxResources,
     OptionalFileMode,
@@ -12,21 +13,18 @@ use conrdma_nri::{
 
 use crate::cgroup::RdmaCgroup;
 
-/// Prefix of the `rdma_cgroup` record field when no limit was set; otherwise the field holds the
-/// exact `rdma.max` value.
-const NOT_SET: &str = "not set: ";
-
 /// Decides the pod's `rdma.max` value, or says why there is none, once at admission.
 pub fn rdma_cgroup_decision(
     host: RdmaCgroup,
     req: &Request,
     cfg: &NodeConfig,
     rdma_device: &str,
-) -> String {
+) -> RdmaCgroupLimit {
+    let not_set = |reason: String| RdmaCgroupLimit::NotSet { reason };
     let handles = req.hca_handles.or(cfg.rdma_cgroup.hca_handles);
     let objects = req.hca_objects.or(cfg.rdma_cgroup.hca_objects);
     if handles.is_none() && objects.is_none() {
-        return format!("{NOT_SET}no hca-handles/hca-objects asked and no node default");
+        return not_set("no hca-handles/hca-objects asked and no node default".into());
     }
     let show = |v: Option<u32>| v.map_or("max".to_string(), |n| n.to_string());
     let value = format!(
@@ -35,13 +33,13 @@ pub fn rdma_cgroup_decision(
         show(objects)
     );
     match host {
-        RdmaCgroup::Available => value,
-        RdmaCgroup::NoController => {
-            format!("{NOT_SET}cgroup v2 host without the rdma controller (wanted {value})")
-        }
-        RdmaCgroup::V1 => {
-            format!("{NOT_SET}cgroup v1 host, where runc refuses unified keys (wanted {value})")
-        }
+        RdmaCgroup::Available => RdmaCgroupLimit::Set { max: value },
+        RdmaCgroup::NoController => not_set(format!(
+            "cgroup v2 host without the rdma controller (wanted {value})"
+        )),
+        RdmaCgroup::V1 => not_set(format!(
+            "cgroup v1 host, where runc refuses unified keys (wanted {value})"
+        )),
     }
 }
 
@@ -80,10 +78,9 @@ pub fn adjustment(
     if let Some(cm) = rdma_cm {
         linux.devices.push(char_device(cm));
     }
-    if !rec.rdma_cgroup.starts_with(NOT_SET) && !rec.rdma_cgroup.is_empty() {
+    if let Some(max) = rec.rdma_cgroup.max() {
         let mut res = LinuxResources::new();
-        res.unified
-            .insert("rdma.max".to_string(), rec.rdma_cgroup.clone());
+        res.unified.insert("rdma.max".to_string(), max.to_string());
         linux.resources = Some(res).into();
     }
     adj.linux = Some(linux).into();
@@ -121,24 +118,27 @@ mod tests {
         let cfg = NodeConfig::default();
         let r = req(&[("hca-handles", "16")]);
         assert_eq!(
-            rdma_cgroup_decision(RdmaCgroup::Available, &r, &cfg, "mlx5_3"),
-            "mlx5_3 hca_handle=16 hca_object=max"
+            rdma_cgroup_decision(RdmaCgroup::Available, &r, &cfg, "mlx5_3").max(),
+            Some("mlx5_3 hca_handle=16 hca_object=max")
         );
         let v1 = rdma_cgroup_decision(RdmaCgroup::V1, &r, &cfg, "mlx5_3");
-        assert!(v1.starts_with(NOT_SET) && v1.contains("cgroup v1"), "{v1}");
+        assert!(
+            matches!(&v1, RdmaCgroupLimit::NotSet { reason } if reason.contains("cgroup v1")),
+            "{v1:?}"
+        );
         let none = rdma_cgroup_decision(
             RdmaCgroup::Available,
             &req(&[("bandwidth", "1G")]),
             &cfg,
             "mlx5_3",
         );
-        assert!(none.starts_with(NOT_SET));
+        assert_eq!(none.max(), None);
         let cfg = NodeConfig::from_toml("[rdma_cgroup]\nhca_handles = 4\nhca_objects = 100", "t")
             .unwrap();
         let r = req(&[("hca-objects", "7")]);
         assert_eq!(
-            rdma_cgroup_decision(RdmaCgroup::Available, &r, &cfg, "rxe0"),
-            "rxe0 hca_handle=4 hca_object=7"
+            rdma_cgroup_decision(RdmaCgroup::Available, &r, &cfg, "rxe0").max(),
+            Some("rxe0 hca_handle=4 hca_object=7")
         );
     }
 
@@ -154,7 +154,9 @@ mod tests {
             guaranteed_mbps: 10_000,
             limit_mbps: 25_000,
             uverbs: "/dev/infiniband/uverbs5".into(),
-            rdma_cgroup: "mlx5_5 hca_handle=2 hca_object=max".into(),
+            rdma_cgroup: RdmaCgroupLimit::Set {
+                max: "mlx5_5 hca_handle=2 hca_object=max".into(),
+            },
             start_max_mbps: None,
             address: None,
             ifname: None,
@@ -198,7 +200,9 @@ mod tests {
         );
 
         let mut v1 = rec.clone();
-        v1.rdma_cgroup = format!("{NOT_SET}cgroup v1 host");
+        v1.rdma_cgroup = RdmaCgroupLimit::NotSet {
+            reason: "cgroup v1 host".into(),
+        };
         assert!(
             adjustment(&v1, &uv, None).linux.resources.is_none(),
             "no unified keys on v1"

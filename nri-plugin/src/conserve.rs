@@ -2,7 +2,7 @@
 //!
 //! One thread per plugin. Four times per interval it reads the transmit counter of every allocated
 //! VF in a pool it steers; every interval, and at once when a VF that lent part of its guarantee
-//! runs at its lowered cap, it decides new maxima per PF with [`conrdma_core::conserve`] and sets
+//! runs at its lowered cap, it decides new maxima per PF with [`conrdma_api::conserve`] and sets
 //! the ones that change through the same [`RateLimiter`] the shim uses (decreases first, so the
 //! PF's sum stays within line x headroom). It reads the ledger and the config but never holds the
 //! ledger while it talks to the hardware. CreateContainer waits for it only when it admits a pod
@@ -25,10 +25,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conrdma_core::conserve::{reclaim_due, Controller, Observation, RateMeter};
-use conrdma_core::ledger::Held;
-use conrdma_core::limiter::{LimiterSpec, RateLimiter, VfRate};
-use conrdma_core::NodeConfig;
+use conrdma_api::conserve::{reclaim_due, Controller, Observation, RateMeter};
+use conrdma_node::ledger::Held;
+use conrdma_node::limiter::{LimiterSpec, RateLimiter, VfRate};
+use conrdma_node::NodeConfig;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tracing::{debug, info, warn};
 
@@ -691,10 +691,10 @@ pub fn serve_metrics(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry
 mod tests {
     use std::collections::HashMap;
 
-    use conrdma_core::ledger::PodRef;
-    use conrdma_core::limiter::SimulatedLimiter;
-    use conrdma_core::simulate::{build, SimOptions};
-    use conrdma_core::{AllocationRecord, Request};
+    use conrdma_api::{AllocationRecord, Request};
+    use conrdma_node::ledger::PodRef;
+    use conrdma_node::limiter::SimulatedLimiter;
+    use conrdma_node::simulate::{build, SimOptions};
 
     use super::*;
 

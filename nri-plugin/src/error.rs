@@ -1,18 +1,29 @@
 //! The plugin's error type and its mapping onto ttrpc status codes, so containerd (and through it the
 //! CRI caller) sees both the class of failure and our one-line message.
 
-use conrdma_core::error::{CoreError, ErrorClass};
+use conrdma_api::{ApiError, ErrorClass};
+use conrdma_node::NodeError;
 use conrdma_nri::ttrpc::Code;
 use conrdma_nri::RpcError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error(transparent)]
-    Core(#[from] CoreError),
+    Core(#[from] NodeError),
     #[error("NRI request without {0}")]
     Malformed(&'static str),
     #[error(transparent)]
     Nri(#[from] conrdma_nri::NriError),
+    /// The pod's request is malformed (annotations, rates).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The plugin has no node yet: its configuration failed; containerd may retry.
+    #[error("node not ready: {0}")]
+    NotReady(String),
+    /// The VF the ledger holds for the pod is gone from the node (driver unbound, device removed).
+    #[error("VF {vf} of {pf} held by this pod is no longer on the node (driver unbound?)")]
+    VfGone { pf: String, vf: u32 },
+    /// The plugin could not set itself up (metrics, sockets): a startup failure.
     #[error("{0}")]
     Setup(String),
     /// containerd's CRI could not be asked (the sweep retries).
@@ -23,17 +34,26 @@ pub enum PluginError {
 impl PluginError {
     pub fn code(&self) -> Code {
         match self {
-            PluginError::Core(e) => match e.class() {
-                ErrorClass::InvalidInput => Code::INVALID_ARGUMENT,
-                ErrorClass::Exhausted => Code::RESOURCE_EXHAUSTED,
-                ErrorClass::NotFound => Code::NOT_FOUND,
-                ErrorClass::Precondition => Code::FAILED_PRECONDITION,
-                ErrorClass::Internal => Code::INTERNAL,
-            },
+            PluginError::Core(e) => class_code(e.class()),
+            PluginError::Api(e) => class_code(e.class()),
+            PluginError::NotReady(_) => Code::UNAVAILABLE,
+            PluginError::VfGone { .. } => Code::FAILED_PRECONDITION,
             PluginError::Malformed(_) => Code::INVALID_ARGUMENT,
             PluginError::Nri(_) | PluginError::Setup(_) => Code::INTERNAL,
             PluginError::Cri(_) => Code::UNAVAILABLE,
         }
+    }
+}
+
+/// One mapping of failure classes onto ttrpc codes.
+fn class_code(class: ErrorClass) -> Code {
+    match class {
+        ErrorClass::InvalidInput => Code::INVALID_ARGUMENT,
+        ErrorClass::Exhausted => Code::RESOURCE_EXHAUSTED,
+        ErrorClass::NotFound => Code::NOT_FOUND,
+        ErrorClass::Precondition => Code::FAILED_PRECONDITION,
+        ErrorClass::Unavailable => Code::UNAVAILABLE,
+        ErrorClass::Internal => Code::INTERNAL,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use conrdma_core::NodeConfig;
+use conrdma_node::NodeConfig;
 use conrdma_nri::{PluginId, DEFAULT_SOCKET_PATH, SOCKET_ENV};
 use conrdma_nri_plugin::conserve;
 use conrdma_nri_plugin::plugin::{spawn_background, Overrides};

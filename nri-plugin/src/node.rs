@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use conrdma_core::discovery::{discover, CharDev};
-use conrdma_core::ledger::{Held, NetPhase, PodNet, PodRef, Reconciled};
-use conrdma_core::limiter::{LimiterSpec, RateLimiter};
-use conrdma_core::netns::{NetlinkNetworking, PodNetworking};
-use conrdma_core::request::KEY_ALLOCATION;
-use conrdma_core::{AllocationRecord, Inventory, Ledger, NodeConfig, Request};
+use conrdma_api::request::KEY_ALLOCATION;
+use conrdma_api::{AllocationRecord, Request};
+use conrdma_node::discovery::{discover, CharDev};
+use conrdma_node::ledger::{Held, NetPhase, PodNet, PodRef, Reconciled};
+use conrdma_node::limiter::{LimiterSpec, RateLimiter};
+use conrdma_node::netns::{NetlinkNetworking, PodNetworking};
+use conrdma_node::{Inventory, Ledger, NodeConfig};
 use tracing::{debug, error, info, warn};
 
 use crate::adjust::rdma_cgroup_decision;
@@ -167,7 +168,7 @@ impl NodeState {
                 rdma_cgroup_decision(self.cgroup, req, &cfg, &h.record.rdma_device);
             h.plugin_enforced = enforce;
             if cfg.conserve.controls(&h.record.pool) {
-                h.record.start_max_mbps = Some(conrdma_core::conserve::start_max_mbps(
+                h.record.start_max_mbps = Some(conrdma_api::conserve::start_max_mbps(
                     h.record.guaranteed_mbps,
                 ));
             }
@@ -211,11 +212,9 @@ impl NodeState {
             inv.pf(&record.pf)
                 .and_then(|(_, pf)| pf.vfs.iter().find(|v| v.index == record.vf))
                 .map(|v| v.uverbs.clone())
-                .ok_or_else(|| {
-                    PluginError::Setup(format!(
-                        "VF {} of {} held by this pod is no longer on the node (driver unbound?)",
-                        record.vf, record.pf
-                    ))
+                .ok_or_else(|| PluginError::VfGone {
+                    pf: record.pf.clone(),
+                    vf: record.vf,
                 })
         })?;
         if fresh {
@@ -339,7 +338,7 @@ impl NodeState {
         Ok(out)
     }
 
-    /// See [`conrdma_core::Ledger::mark`]: taken before asking containerd which pods exist.
+    /// See [`conrdma_node::Ledger::mark`]: taken before asking containerd which pods exist.
     pub fn admission_mark(&self) -> u64 {
         self.ledger().mark()
     }

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use conrdma_core::ledger::PodRef;
-use conrdma_core::{NodeConfig, Request};
+use conrdma_api::Request;
+use conrdma_node::ledger::PodRef;
+use conrdma_node::NodeConfig;
 use conrdma_nri::{
     ConfigureRequest, ContainerUpdate, CreateContainerRequest, CreateContainerResponse, Event,
     EventMask, PodSandbox, RpcError, StateChangeEvent, SynchronizeRequest,
@@ -77,9 +78,7 @@ impl Plugin {
     fn node(&self) -> Result<Arc<NodeState>, PluginError> {
         let guard = self.node.read().unwrap_or_else(|p| p.into_inner());
         guard.clone().ok_or_else(|| {
-            PluginError::Setup(
-                "node not ready: the plugin's configuration failed (see its log)".into(),
-            )
+            PluginError::NotReady("the plugin's configuration failed (see its log)".into())
         })
     }
 

@@ -9,13 +9,13 @@
 use std::path::PathBuf;
 use std::sync::MutexGuard;
 
-use conrdma_core::discovery::CharDev;
-use conrdma_core::error::{CoreError, ErrorClass};
-use conrdma_core::inventory::VfInv;
-use conrdma_core::ledger::{Held, NetPhase};
-use conrdma_core::netns::{Detached, HostLink, PodLink, RdmaFollow};
-use conrdma_core::network::Cidr;
-use conrdma_core::rdma_netlink::{NetnsMode, RdmaNetlink};
+use conrdma_api::network::Cidr;
+use conrdma_node::discovery::CharDev;
+use conrdma_node::error::{ErrorClass, NodeError};
+use conrdma_node::inventory::VfInv;
+use conrdma_node::ledger::{Held, NetPhase};
+use conrdma_node::netns::{Detached, HostLink, PodLink, RdmaFollow};
+use conrdma_node::rdma_netlink::{NetnsMode, RdmaNetlink};
 use tracing::{debug, info, warn};
 
 use crate::error::PluginError;
@@ -63,7 +63,7 @@ impl NodeState {
     /// registers it in the initial one), so the pod would not see it.
     fn check_follow(&self, h: &Held) -> Result<(), PluginError> {
         if let (RdmaFollow::Soft { name }, true) = (self.follow(h), self.rdma_exclusive) {
-            return Err(CoreError::PodNetwork {
+            return Err(NodeError::PodNetwork {
                 reason: format!(
                     "Soft-RoCE device {name} cannot follow its VF into the pod in exclusive RDMA netns mode: the kernel neither moves rxe devices between namespaces nor keeps one created in a pod's namespace there; use `rdma system set netns shared`, a hostNetwork pod, or a pool without [pool.network]"
                 ),
@@ -77,7 +77,7 @@ impl NodeState {
     /// The VF of `record` (an allocation adopted from a live container's annotation): as the
     /// inventory has it, else rebuilt from the record and its uverbs node on the host (the host's
     /// sysfs does not show a VF whose netdev is in a pod).
-    pub(crate) fn booked_vf(&self, record: &conrdma_core::AllocationRecord) -> Option<VfInv> {
+    pub(crate) fn booked_vf(&self, record: &conrdma_api::AllocationRecord) -> Option<VfInv> {
         if let Some(vf) = self
             .inventory()
             .pf(&record.pf)
@@ -127,7 +127,7 @@ impl NodeState {
                 .as_deref()
                 .and_then(|a| Cidr::parse(a).ok()),
         ) else {
-            return Err(CoreError::PodNetwork {
+            return Err(NodeError::PodNetwork {
                 reason: format!(
                     "pool {} of this pod's VF has no network section any more (the node config changed after the pod was admitted): remove the pod or restore the section",
                     h.record.pool
@@ -155,7 +155,7 @@ impl NodeState {
                 })?;
             }
         }
-        conrdma_core::crash::point("net-booked");
+        conrdma_node::crash::point("net-booked");
         let started = std::time::Instant::now();
         let attached = self.net.attach(&net.netns, &vf, &pod, &follow)?;
         let soft_uverbs = attached.soft_uverbs.clone();
@@ -260,9 +260,10 @@ mod tests {
     use std::path::Path;
     use std::sync::{Arc, Mutex};
 
-    use conrdma_core::netns::{Attached, PodNetworking};
-    use conrdma_core::simulate::{build, SimOptions};
-    use conrdma_core::{NodeConfig, Request};
+    use conrdma_api::Request;
+    use conrdma_node::netns::{Attached, PodNetworking};
+    use conrdma_node::simulate::{build, SimOptions};
+    use conrdma_node::NodeConfig;
 
     use super::*;
 
@@ -273,7 +274,7 @@ mod tests {
     }
 
     impl PodNetworking for Refusing {
-        fn host_mtu(&self, _: &HostLink) -> conrdma_core::Result<Option<u32>> {
+        fn host_mtu(&self, _: &HostLink) -> conrdma_node::Result<Option<u32>> {
             Ok(Some(1500))
         }
         fn attach(
@@ -282,9 +283,9 @@ mod tests {
             _: &HostLink,
             _: &PodLink,
             _: &RdmaFollow,
-        ) -> conrdma_core::Result<Attached> {
+        ) -> conrdma_node::Result<Attached> {
             self.calls.lock().unwrap().push("attach");
-            Err(CoreError::PodNetwork {
+            Err(NodeError::PodNetwork {
                 reason: "refused by the test's kernel".into(),
                 class: ErrorClass::Precondition,
             })
@@ -296,7 +297,7 @@ mod tests {
             _: &str,
             _: Option<u32>,
             _: &RdmaFollow,
-        ) -> conrdma_core::Result<Detached> {
+        ) -> conrdma_node::Result<Detached> {
             self.calls.lock().unwrap().push("detach");
             Ok(Detached::Returned)
         }
@@ -320,7 +321,7 @@ mod tests {
         let net = Arc::new(Refusing::default());
         let state = dir.path().join("state");
         let node = NodeState::open_with(&root, &state, cfg, net.clone()).unwrap();
-        let pod = conrdma_core::PodRef {
+        let pod = conrdma_node::PodRef {
             id: "sb-1".into(),
             uid: "u".into(),
             namespace: "default".into(),

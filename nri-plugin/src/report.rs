@@ -1,18 +1,21 @@
 //! Node reports to the placement webhook: the node's pools, capacity, guaranteed sums and free VFs,
 //! sent every `interval_seconds` and right after every admission or release. A report replaces the
-//! node's previous one whole, so a lost report needs no retry: the next one carries the same news.
+//! node's previous one whole, so a lost report is never replayed: the next one carries the same news.
+//! After a failed delivery the next try comes sooner than the tick (1 s, doubling up to the interval),
+//! so a webhook that starts after the node (any DaemonSet order) hears from it within seconds.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use conrdma_core::config::PlacementConfig;
-use conrdma_core::report::NodeReport;
+use conrdma_api::report::{NodeReport, NODE_REPORT_PATH};
+use conrdma_node::config::PlacementConfig;
 use conrdma_reporter::{Client, Target};
 use tracing::{debug, info, warn};
 
 use crate::node::NodeState;
 
-pub const NODE_REPORT_PATH: &str = "/v1/reports/node";
+/// First retry after a failed delivery; doubles per failure up to the report interval.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// The Kubernetes node name this plugin reports as.
 pub fn node_name(cfg: &PlacementConfig) -> String {
@@ -34,7 +37,7 @@ pub fn build_report(node: &NodeState, name: &str) -> NodeReport {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    NodeReport::from_inventory(name, now, &inv, held.iter().map(|h| &h.record))
+    conrdma_node::report::node_report(name, now, &inv, held.iter().map(|h| &h.record))
 }
 
 /// Starts the reporter if the node config names a webhook.
@@ -61,10 +64,19 @@ pub fn spawn_node_reporter(node: Arc<NodeState>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         let mut failing = false;
+        let mut retry = RETRY_FIRST;
         loop {
+            let backoff = async {
+                if failing {
+                    tokio::time::sleep(retry).await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = node.changed.notified() => {}
+                _ = backoff => {}
             }
             let report = build_report(&node, &name);
             let c = client.clone();
@@ -76,14 +88,18 @@ pub fn spawn_node_reporter(node: Arc<NodeState>) {
                         info!("node reports reach the webhook again");
                     }
                     failing = false;
+                    retry = RETRY_FIRST;
                     debug!("node report sent");
                 }
-                // Log the first failure of a run, not every tick of an outage.
-                Ok(Err(e)) if !failing => {
-                    warn!(error = %e, "node report not delivered; retrying at the next change or tick");
+                Ok(Err(e)) => {
+                    // Log the first failure of a run, not every try of an outage.
+                    if !failing {
+                        warn!(error = %e, retry_s = retry.as_secs(), "node report not delivered; retrying");
+                    } else {
+                        retry = (retry * 2).min(every);
+                    }
                     failing = true;
                 }
-                Ok(Err(_)) => {}
                 Err(e) => warn!(error = %e, "node report task failed"),
             }
         }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use conrdma_core::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
+use conrdma_api::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
 use conrdma_placement::extender::{host_priorities_json, ExtenderArgs};
 use conrdma_placement::store::{Settings, Store};
 use conrdma_placement::{verbs, Config};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conrdma_core::report::{PodId, UsageBatch, UsageReport};
+use conrdma_api::report::{PodId, UsageBatch, UsageReport};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use conrdma_core::error::{CoreError, ErrorClass};
+use conrdma_api::{ApiError, ErrorClass};
 
 pub type Result<T, E = PlacementError> = std::result::Result<T, E>;
 
@@ -32,7 +32,7 @@ pub enum PlacementError {
     },
 
     #[error(transparent)]
-    Core(#[from] CoreError),
+    Api(#[from] ApiError),
 }
 
 impl PlacementError {
@@ -43,11 +43,13 @@ impl PlacementError {
             PlacementError::Config { .. } | PlacementError::Tls(_) | PlacementError::Io { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            PlacementError::Core(e) => match e.class() {
+            PlacementError::Api(e) => match e.class() {
                 ErrorClass::InvalidInput => StatusCode::BAD_REQUEST,
                 ErrorClass::Exhausted => StatusCode::CONFLICT,
                 ErrorClass::NotFound => StatusCode::NOT_FOUND,
-                ErrorClass::Precondition => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorClass::Precondition | ErrorClass::Unavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use conrdma_core::report::{NodeReport, UsageBatch};
+use conrdma_api::report::{NodeReport, UsageBatch, NODE_REPORT_PATH, USAGE_REPORT_PATH};
 use serde::Serialize;
 
 use crate::config::{Config, Tokens};
@@ -84,8 +84,8 @@ impl App {
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.max_body;
     Router::new()
-        .route("/v1/reports/node", post(node_report))
-        .route("/v1/reports/usage", post(usage_report))
+        .route(NODE_REPORT_PATH, post(node_report))
+        .route(USAGE_REPORT_PATH, post(usage_report))
         .route("/filter", post(filter))
         .route("/prioritize", post(prioritize))
         .route("/v1/nodes", get(nodes))
@@ -163,7 +163,7 @@ fn accept<T: serde::de::DeserializeOwned>(
     kind: &ReportKind,
     headers: &HeaderMap,
     body: &[u8],
-    validate: impl FnOnce(&T) -> std::result::Result<(), conrdma_core::report::InvalidReport>,
+    validate: impl FnOnce(&T) -> std::result::Result<(), conrdma_api::report::InvalidReport>,
     start: Instant,
 ) -> Result<T> {
     let res = app.authorize(headers).and_then(|()| {

@@ -23,9 +23,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use conrdma_core::rate::format_mbps;
-use conrdma_core::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
-use conrdma_core::request::KEY_BANDWIDTH;
+use conrdma_api::rate::format_mbps;
+use conrdma_api::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
+use conrdma_api::request::KEY_BANDWIDTH;
 
 use crate::config::{Policy, UnknownNodes};
 use crate::store::{Settings, Store};

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conrdma_core::rate::format_mbps;
-use conrdma_core::report::{NodeReport, PodId, UsageBatch};
-use conrdma_core::Request;
+use conrdma_api::rate::format_mbps;
+use conrdma_api::report::{NodeReport, PodId, UsageBatch};
+use conrdma_api::Request;
 use serde::Serialize;
 
 use crate::config::{Config, Policy, UnknownNodes};
@@ -578,8 +578,8 @@ pub struct UsageView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conrdma_core::rate::Rate;
-    use conrdma_core::report::{PfReport, PoolReport, UsageReport, REPORT_VERSION};
+    use conrdma_api::rate::Rate;
+    use conrdma_api::report::{PfReport, PoolReport, UsageReport, REPORT_VERSION};
 
     fn settings(policy: Policy, unknown: UnknownNodes) -> Settings {
         Settings {

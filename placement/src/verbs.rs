@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use conrdma_core::Request;
+use conrdma_api::Request;
 
 use crate::error::{PlacementError, Result};
 use crate::extender::{

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use conrdma_core::report::{NodeReport, UsageBatch};
+use conrdma_api::report::{NodeReport, UsageBatch};
 use serde_json::Value;
 
 fn spec(rel: &str) -> Value {

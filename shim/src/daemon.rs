@@ -100,7 +100,7 @@ fn run(flags: &Flags, bundle: &Path) -> Result<()> {
             return Err(e);
         }
     };
-    let limiter: Arc<dyn conrdma_core::limiter::RateLimiter> = Arc::from(settings.limiter.build());
+    let limiter: Arc<dyn conrdma_node::limiter::RateLimiter> = Arc::from(settings.limiter.build());
     info!(child_pid = child.id(), runc_shim = %runc_shim.display(), child_service,
           limiter = limiter.kind(), reports = settings.reports.is_some(), "proxy serving");
     let proxy = Arc::new(Proxy::new(

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conrdma_core::limiter::VfCounters;
+use conrdma_node::limiter::VfCounters;
 
 use crate::child::child_socket;
 use crate::flags::Flags;

@@ -1,8 +1,8 @@
 //! The shim's one error type, mapped onto ttrpc status codes for containerd (which shows the
 //! message to the kubelet, so every message is one line that says what to do).
 
-use conrdma_core::error::ErrorClass;
-use conrdma_core::CoreError;
+use conrdma_api::ErrorClass;
+use conrdma_node::NodeError;
 use ttrpc::Code;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum ShimError {
 
     /// The domain library refused or failed (rates, annotations, limiter).
     #[error("conrdma: {0}")]
-    Core(#[from] CoreError),
+    Core(#[from] NodeError),
 
     /// The runc shim we delegate to is gone or did not answer.
     #[error("conrdma: runc shim: {0}")]
@@ -54,6 +54,7 @@ impl ShimError {
                 ErrorClass::Exhausted => Code::RESOURCE_EXHAUSTED,
                 ErrorClass::NotFound => Code::NOT_FOUND,
                 ErrorClass::Precondition => Code::FAILED_PRECONDITION,
+                ErrorClass::Unavailable => Code::UNAVAILABLE,
                 ErrorClass::Internal => Code::INTERNAL,
             },
             ShimError::Child(_) => Code::UNAVAILABLE,
@@ -76,7 +77,7 @@ mod tests {
             ShimError::Refused("x".into()).code(),
             Code::FAILED_PRECONDITION
         );
-        let e = ShimError::Core(CoreError::NotFound("no VF".into()));
+        let e = ShimError::Core(NodeError::NotFound("no VF".into()));
         assert_eq!(e.code(), Code::NOT_FOUND);
         let s = e.status();
         assert_eq!(s.message, "conrdma: no VF");

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use conrdma_core::limiter::{Applied, LimiterSpec, VfCounters};
-use conrdma_core::report::PodId;
-use conrdma_core::request::{KEY_ALLOCATION, KEY_BANDWIDTH, KEY_LIMIT};
-use conrdma_core::{AllocationRecord, Request, ANNOTATION_PREFIX};
+use conrdma_api::report::PodId;
+use conrdma_api::request::{KEY_ALLOCATION, KEY_BANDWIDTH, KEY_LIMIT};
+use conrdma_api::{AllocationRecord, Request, ANNOTATION_PREFIX};
+use conrdma_node::limiter::{Applied, LimiterSpec, VfCounters};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ShimError};
@@ -163,7 +163,7 @@ impl RateState {
         let tmp = bundle.join(format!(".{STATE_FILE}.tmp"));
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| ShimError::Invalid(format!("encoding the rate state: {e}")))?;
-        conrdma_core::private_fs::write(&tmp, &text)
+        conrdma_node::private_fs::write(&tmp, &text)
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| ShimError::io(format!("writing {}", path.display()), e))
     }
@@ -171,7 +171,7 @@ impl RateState {
 
 #[cfg(test)]
 mod tests {
-    use conrdma_core::limiter::VfRate;
+    use conrdma_node::limiter::VfRate;
 
     use super::*;
 
@@ -186,7 +186,7 @@ mod tests {
             guaranteed_mbps: 10_000,
             limit_mbps: 25_000,
             uverbs: "/dev/infiniband/uverbs3".into(),
-            rdma_cgroup: String::new(),
+            rdma_cgroup: Default::default(),
             start_max_mbps: None,
             address: None,
             ifname: None,

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conrdma_core::limiter::RateLimiter;
-use conrdma_core::report::{PodId, UsageBatch, UsageReport};
-use conrdma_core::AllocationRecord;
+use conrdma_api::report::{PodId, UsageBatch, UsageReport, USAGE_REPORT_PATH};
+use conrdma_api::AllocationRecord;
+use conrdma_node::limiter::RateLimiter;
 use tracing::{debug, info, warn};
 
 use conrdma_reporter::{Client, SendError};
 
 use crate::pod::{RateState, Sample};
-use crate::settings::{ReportSettings, USAGE_PATH};
+use crate::settings::ReportSettings;
 use crate::spool::{Drained, Sent, Spool};
 
 /// Reports per POST.
@@ -82,7 +82,7 @@ pub fn client(cfg: &ReportSettings, timeout: Duration) -> Result<Client, String>
 /// itself is wrong drops it; anything else (unreachable, 5xx, a refused or unreadable credential)
 /// keeps it for a retry, bounded by the spool.
 pub fn send_batch(client: &Client, batch: &UsageBatch) -> Sent {
-    match client.post_json(USAGE_PATH, batch) {
+    match client.post_json(USAGE_REPORT_PATH, batch) {
         Ok(()) => Sent::Accepted,
         Err(
             e @ SendError::Status {
@@ -343,7 +343,7 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conrdma_core::limiter::VfCounters;
+    use conrdma_node::limiter::VfCounters;
 
     fn rec() -> AllocationRecord {
         AllocationRecord {
@@ -356,7 +356,7 @@ mod tests {
             guaranteed_mbps: 100,
             limit_mbps: 200,
             uverbs: "/dev/infiniband/uverbs1".into(),
-            rdma_cgroup: String::new(),
+            rdma_cgroup: Default::default(),
             start_max_mbps: None,
             address: None,
             ifname: None,

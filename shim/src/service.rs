@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use conrdma_core::limiter::RateLimiter;
-use conrdma_core::report::PodId;
-use conrdma_core::AllocationRecord;
+use conrdma_api::report::PodId;
+use conrdma_api::AllocationRecord;
+use conrdma_node::limiter::RateLimiter;
 use containerd_shim_protos::api::{ConnectResponse, CreateTaskRequest, DeleteRequest};
 use protobuf::{Message, MessageField};
 use tracing::{debug, error, info, info_span, warn};
@@ -398,8 +398,8 @@ impl MethodHandler for Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conrdma_core::limiter::{SimulatedLimiter, VfRate};
-    use conrdma_core::simulate::{build, SimOptions};
+    use conrdma_node::limiter::{SimulatedLimiter, VfRate};
+    use conrdma_node::simulate::{build, SimOptions};
     use containerd_shim_protos::api::ConnectRequest;
     use protobuf::well_known_types::any::Any;
     use ttrpc::proto::RequestInit;
@@ -507,7 +507,7 @@ mod tests {
             guaranteed_mbps: 1_000,
             limit_mbps: 4_000,
             uverbs: "/dev/infiniband/uverbs1".into(),
-            rdma_cgroup: String::new(),
+            rdma_cgroup: Default::default(),
             start_max_mbps: None,
             address: None,
             ifname: None,

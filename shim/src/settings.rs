@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use conrdma_core::limiter::LimiterSpec;
+use conrdma_node::limiter::LimiterSpec;
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use serde::Deserialize;
 
@@ -26,8 +26,6 @@ pub const DEFAULT_SPOOL_DIR: &str = "/run/conrdma/shim/spool";
 pub const DEFAULT_SPOOL_MAX: usize = 10_000;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
-/// Where usage reports are POSTed, under `webhook_url`.
-pub const USAGE_PATH: &str = "/v1/reports/usage";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

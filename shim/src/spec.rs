@@ -64,8 +64,8 @@ impl Spec {
     }
 
     /// The pod's identity from CRI's annotations, when all three are there.
-    pub fn pod(&self) -> Option<conrdma_core::report::PodId> {
-        Some(conrdma_core::report::PodId {
+    pub fn pod(&self) -> Option<conrdma_api::report::PodId> {
+        Some(conrdma_api::report::PodId {
             namespace: self.get(SANDBOX_NAMESPACE)?.to_string(),
             name: self.get(SANDBOX_NAME)?.to_string(),
             uid: self.get(SANDBOX_UID)?.to_string(),

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use conrdma_core::report::{UsageBatch, UsageReport};
+use conrdma_api::report::{UsageBatch, UsageReport};
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{debug, warn};
 
@@ -60,7 +60,7 @@ impl Spool {
     }
 
     fn ensure_dir(&self) -> std::io::Result<()> {
-        conrdma_core::private_fs::create_dir(&self.dir)
+        conrdma_node::private_fs::create_dir(&self.dir)
     }
 
     /// Spooled report files, oldest first (names start with the time).
@@ -95,7 +95,7 @@ impl Spool {
         );
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let text = serde_json::to_vec(report).map_err(std::io::Error::other)?;
-        conrdma_core::private_fs::write(&tmp, &text)?;
+        conrdma_node::private_fs::write(&tmp, &text)?;
         fs::rename(&tmp, self.dir.join(&name))?;
         let files = self.files();
         let excess = files.len().saturating_sub(self.max);
@@ -123,7 +123,7 @@ impl Spool {
             return out;
         }
         let lock_path = self.dir.join(".lock");
-        let lock_file = match conrdma_core::private_fs::open_for_write(&lock_path, false) {
+        let lock_file = match conrdma_node::private_fs::open_for_write(&lock_path, false) {
             Ok(f) => f,
             Err(e) => {
                 out.failed = Some(format!("opening {}: {e}", lock_path.display()));
@@ -199,7 +199,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conrdma_core::report::PodId;
+    use conrdma_api::report::PodId;
 
     pub(crate) fn report(end: u64, fin: bool) -> UsageReport {
         UsageReport {

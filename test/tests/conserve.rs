@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
-use conrdma_core::AllocationRecord;
+use conrdma_api::AllocationRecord;
 use conrdma_e2e::{
     shim_dir, shim_runtime, simulate_nic, ChildGuard, Containerd, ContainerdOptions, PodSpec,
 };
+use conrdma_node::limiter::{RateLimiter, SimulatedLimiter, VfRate};
 
 const HANDLER: &str = "conrdma";
 const WAIT: Duration = Duration::from_secs(30);

@@ -36,12 +36,6 @@ async fn plugin_reports_feed_the_scheduler_extender() {
     let cd = Containerd::start(ContainerdOptions::default())
         .await
         .unwrap();
-    let mut webhook_cmd = Command::new(workspace_bin("conrdma-placement").unwrap());
-    webhook_cmd
-        .args(["--listen", &addr, "--config"])
-        .arg(dir.path().join("placement.toml"));
-    let _webhook = cd.spawn_process("placement", &mut webhook_cmd).unwrap();
-
     let node = "worker-e2e";
     let node_cfg = format!(
         "[placement]\nurl = \"http://{addr}\"\ncredential_file = {:?}\nnode_name = \"{node}\"\ninterval_seconds = 30\n",
@@ -61,7 +55,14 @@ async fn plugin_reports_feed_the_scheduler_extender() {
         .await
         .unwrap();
 
-    // The first report (at start) shows an empty node.
+    // The webhook starts after the node (a DaemonSet order nobody controls): the plugin's first
+    // report fails and its retry, not the 30 s tick, brings the empty node to the webhook in time.
+    let mut webhook_cmd = Command::new(workspace_bin("conrdma-placement").unwrap());
+    webhook_cmd
+        .args(["--listen", &addr, "--config"])
+        .arg(dir.path().join("placement.toml"));
+    let _webhook = cd.spawn_process("placement", &mut webhook_cmd).unwrap();
+
     wait_for_guaranteed(&addr, node, 0, WAIT).await;
     let (status, res) = call(
         &addr,

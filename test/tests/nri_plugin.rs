@@ -5,12 +5,12 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use conrdma_core::ledger::{Held, Ledger};
-use conrdma_core::AllocationRecord;
+use conrdma_api::allocation::{AllocationRecord, RdmaCgroupLimit};
 use conrdma_e2e::{
     simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec,
     NRI_PLUGIN as PLUGIN,
 };
+use conrdma_node::ledger::{Held, Ledger};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -148,8 +148,8 @@ async fn requesting_pod_gets_its_vf_devices_env_and_allocation() {
     assert!(rec.netdev.starts_with(&format!("{}v", rec.pf)), "{rec:?}");
     // This host is cgroup v1: no unified key may reach runc, and the record says why.
     assert!(
-        rec.rdma_cgroup.starts_with("not set:"),
-        "{}",
+        matches!(&rec.rdma_cgroup, RdmaCgroupLimit::NotSet { reason } if reason.contains("cgroup v1")),
+        "{:?}",
         rec.rdma_cgroup
     );
     assert!(spec["linux"]["resources"]["unified"]

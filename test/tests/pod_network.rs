@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use conrdma_core::ledger::{Held, Ledger, NetPhase};
-use conrdma_core::AllocationRecord;
+use conrdma_api::AllocationRecord;
 use conrdma_e2e::standin::Fabric;
 use conrdma_e2e::{simulate_nic, ChildGuard, CniBridge, Containerd, ContainerdOptions, PodSpec};
+use conrdma_node::ledger::{Held, Ledger, NetPhase};
 use serde_json::Value;
 
 const ADDRESS: &str = "rdma.conrdma.io/address";

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
-use conrdma_core::report::{UsageBatch, UsageReport};
-use conrdma_core::AllocationRecord;
+use conrdma_api::report::{UsageBatch, UsageReport};
+use conrdma_api::AllocationRecord;
 use conrdma_e2e::containerd::shim_pids;
 use conrdma_e2e::{
     shim_runtime, simulate_nic, workspace_bin, ChildGuard, Containerd, ContainerdLine,
     ContainerdOptions, PodSpec, RuntimeHandler,
 };
+use conrdma_node::limiter::{RateLimiter, SimulatedLimiter, VfRate};
 
 const PLUGIN: &str = "10-conrdma";
 const HANDLER: &str = "conrdma";
@@ -538,7 +538,7 @@ async fn container_without_its_allocation_is_refused() {
         guaranteed_mbps: 0,
         limit_mbps: 100_000,
         uverbs: "/dev/infiniband/uverbs1".into(),
-        rdma_cgroup: String::new(),
+        rdma_cgroup: Default::default(),
         start_max_mbps: None,
         address: None,
         ifname: None,

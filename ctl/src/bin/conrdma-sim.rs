@@ -22,10 +22,10 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use conrdma_core::conserve::{
+use conrdma_api::conserve::{
     ideal, reclaim_due, water_fill, Controller, Observation, RateMeter, Tuning,
 };
-use conrdma_core::rate::Rate;
+use conrdma_api::rate::Rate;
 
 /// The NIC model's time step.
 const TICK_MS: u64 = 50;

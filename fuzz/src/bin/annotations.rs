@@ -1,4 +1,4 @@
-//! `conrdma_core::Request::from_annotations` over annotations built from the fuzz bytes.
+//! `conrdma_api::Request::from_annotations` over annotations built from the fuzz bytes.
 //!
 //! Each line is `key=value` (a line without `=` is a key with an empty value). A key starting
 //! with `/` gets the `rdma.conrdma.io` prefix in front, so `/bandwidth=1G` is
@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use conrdma_core::{Request, ANNOTATION_PREFIX};
+use conrdma_api::{Request, ANNOTATION_PREFIX};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
-use conrdma_core::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
+use conrdma_api::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
 use conrdma_placement::extender::ExtenderArgs;
 use conrdma_placement::store::{unix_ms, Settings};
 use conrdma_placement::{verbs, Config, Store};

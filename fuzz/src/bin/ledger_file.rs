@@ -1,4 +1,4 @@
-//! `conrdma_core::Ledger::open` over the fuzz bytes as `ledger.json`, then what the plugin does
+//! `conrdma_node::Ledger::open` over the fuzz bytes as `ledger.json`, then what the plugin does
 //! with a ledger it loaded: pool usage, admitting a pod, releasing it. A corrupt file must be
 //! refused with an error, never a panic.
 //!
@@ -8,9 +8,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use conrdma_core::ledger::PodRef;
-use conrdma_core::simulate::{build, SimOptions};
-use conrdma_core::{discover, Inventory, Ledger, NodeConfig, Rate, Request};
+use conrdma_node::ledger::PodRef;
+use conrdma_node::simulate::{build, SimOptions};
+use conrdma_api::{Rate, Request};
+use conrdma_node::{discover, Inventory, Ledger, NodeConfig};
 
 struct Setup {
     _dirs: (tempfile::TempDir, tempfile::TempDir),

@@ -1,6 +1,6 @@
-//! `conrdma_core::NodeConfig::from_toml`: the node config file and NRI Configure text.
+//! `conrdma_node::NodeConfig::from_toml`: the node config file and NRI Configure text.
 
-use conrdma_core::NodeConfig;
+use conrdma_node::NodeConfig;
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

@@ -6,9 +6,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use conrdma_core::rate::Rate;
-use conrdma_core::simulate::{build, Binding, SimOptions};
-use conrdma_core::NodeConfig;
+use conrdma_api::rate::Rate;
+use conrdma_node::simulate::{build, Binding, SimOptions};
+use conrdma_node::NodeConfig;
 use conrdma_nri::protobuf::Message;
 use conrdma_nri::CreateContainerRequest;
 use conrdma_nri_plugin::{NodeState, Plugin};

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use conrdma_core::report::{NodeReport, UsageBatch};
-use conrdma_core::{Rate, Request};
+use conrdma_api::report::{NodeReport, UsageBatch};
+use conrdma_api::{Rate, Request};
 use conrdma_placement::config::Config;
 use conrdma_placement::store::{Settings, Store};
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use conrdma_core::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
+use conrdma_api::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
 use conrdma_placement::{Config, Running};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;

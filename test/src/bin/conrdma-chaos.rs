@@ -26,9 +26,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use conrdma_core::discovery::discover;
-use conrdma_core::ledger::{Ledger, SANDBOX_LISTING_GRACE};
-use conrdma_core::limiter::{RateLimiter, SimulatedLimiter, VfRate};
 use conrdma_e2e::containerd::{mounts_under, shim_pids};
 use conrdma_e2e::deps::{self, ContainerdLine};
 use conrdma_e2e::standin::{self, Fabric};
@@ -36,6 +33,9 @@ use conrdma_e2e::{
     shim_dir, shim_runtime, simulate_nic, ChildGuard, CniBridge, Containerd, ContainerdOptions,
     PodSpec, NRI_PLUGIN,
 };
+use conrdma_node::discovery::discover;
+use conrdma_node::ledger::{Ledger, SANDBOX_LISTING_GRACE};
+use conrdma_node::limiter::{RateLimiter, SimulatedLimiter, VfRate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

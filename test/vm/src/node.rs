@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use conrdma_core::ledger::{Held, Ledger};
-use conrdma_core::AllocationRecord;
+use conrdma_api::AllocationRecord;
 use conrdma_e2e::{workspace_bin, ChildGuard, Containerd, ContainerdOptions, PodSpec};
+use conrdma_node::ledger::{Held, Ledger};
 use serde_json::Value;
 
 use crate::{

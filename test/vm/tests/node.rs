@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use conrdma_core::report::{UsageBatch, UsageReport};
+use conrdma_api::report::{UsageBatch, UsageReport};
 use conrdma_e2e::webhook::{call, extender_args, wait_for_guaranteed};
 use conrdma_e2e::{workspace_bin, ChildGuard, ContainerdOptions, RuntimeHandler};
 use conrdma_vm_tests::node::*;
@@ -45,7 +45,7 @@ fn discovery_finds_the_pf_its_vfs_and_their_rdma_devices() {
     // The library call the plugin makes on every refresh, timed on the real sysfs (rxe ports have
     // 1024 GID entries, nearly all unreadable, and discovery looks at each).
     let t0 = std::time::Instant::now();
-    let node = conrdma_core::discover(std::path::Path::new("/")).expect("discovery of /");
+    let node = conrdma_node::discover(std::path::Path::new("/")).expect("discovery of /");
     note(&format!(
         "discover(/) took {:?} under QEMU TCG for {} PF(s), {} VF(s) with rxe",
         t0.elapsed(),
@@ -193,14 +193,11 @@ async fn pod_gets_its_vf_uverbs_device_and_rdma_max() {
     assert_eq!((rec.guaranteed_mbps, rec.limit_mbps), (300, 300));
     assert_eq!(rec.uverbs, format!("/dev/infiniband/{}", vf.uverbs));
     let want_max = "hca_handle=2 hca_object=8".to_string();
-    assert_eq!(
-        rec.rdma_cgroup,
-        format!("{} {want_max}", vf.rdma),
-        "{rec:?}"
-    );
+    let max = format!("{} {want_max}", vf.rdma);
+    assert_eq!(rec.rdma_cgroup.max(), Some(max.as_str()), "{rec:?}");
     assert_eq!(
         spec["linux"]["resources"]["unified"]["rdma.max"],
-        rec.rdma_cgroup.as_str()
+        max.as_str()
     );
 
     // Inside: exactly this VF's uverbs node and rdma_cm, with the kernel's numbers.

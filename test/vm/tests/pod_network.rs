@@ -34,7 +34,7 @@ fn cni() -> ContainerdOptions {
 
 /// Whether this kernel's rdma_rxe serves RDMA CM inside network namespaces (the plugin's check).
 fn rxe_per_netns() -> bool {
-    conrdma_core::netns::rxe_per_netns_supported()
+    conrdma_node::netns::rxe_per_netns_supported()
 }
 
 /// A pod in its own network namespace is refused with one line containing `needle`, books

@@ -1,4 +1,4 @@
-//! ConRDMA's RDMA netlink client (conrdma_core::rdma_netlink) against the VM's real kernel: the rxe
+//! ConRDMA's RDMA netlink client (conrdma_node::rdma_netlink) against the VM's real kernel: the rxe
 //! devices hack/vm/node-setup.sh bound to the igb VFs, checked against the node facts and against
 //! iproute2's `rdma` tool.
 //!
@@ -11,9 +11,9 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use conrdma_core::error::ErrorClass;
-use conrdma_core::rdma_netlink::{NetnsMode, RdmaLinkInfo, RdmaNetlink};
-use conrdma_core::CharDev;
+use conrdma_api::ErrorClass;
+use conrdma_node::rdma_netlink::{NetnsMode, RdmaLinkInfo, RdmaNetlink};
+use conrdma_node::CharDev;
 use conrdma_vm_tests::*;
 use serde_json::Value;
 
