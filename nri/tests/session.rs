@@ -404,66 +404,19 @@ async fn dedicated_event_rpcs_of_nri_0_12_reach_the_handler() {
     let c = || -> protobuf::MessageField<Container> { Some(container("c")).into() };
     let plugin = &peer.plugin;
 
-    let run = RunPodSandboxRequest {
-        pod: p(),
-        ..Default::default()
-    };
-    plugin.run_pod_sandbox(ctx(), &run).await.expect("run pod");
-    assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::State(Event::RUN_POD_SANDBOX, "p".into())
-    );
-
-    let start = StartContainerRequest {
-        pod: p(),
-        container: c(),
-        ..Default::default()
-    };
-    plugin.start_container(ctx(), &start).await.expect("start");
-    assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::State(Event::START_CONTAINER, "p".into())
-    );
-
-    let remove = RemoveContainerRequest {
-        pod: p(),
-        container: c(),
-        ..Default::default()
-    };
-    plugin
-        .remove_container(ctx(), &remove)
-        .await
-        .expect("remove container");
-    assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::State(Event::REMOVE_CONTAINER, "p".into())
-    );
-
-    let stop = StopPodSandboxRequest {
-        pod: p(),
-        ..Default::default()
-    };
-    plugin
-        .stop_pod_sandbox(ctx(), &stop)
-        .await
-        .expect("stop pod");
-    assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::State(Event::STOP_POD_SANDBOX, "p".into())
-    );
-
-    let remove = RemovePodSandboxRequest {
-        pod: p(),
-        ..Default::default()
-    };
-    plugin
-        .remove_pod_sandbox(ctx(), &remove)
-        .await
-        .expect("remove pod");
-    assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::State(Event::REMOVE_POD_SANDBOX, "p".into())
-    );
+    // Each call must reach the handler as the state change of its event, for pod "p".
+    macro_rules! relayed {
+        ($rpc:ident, $req:ident { $($f:ident: $v:expr),* }, $event:ident) => {
+            let req = $req { $($f: $v,)* ..Default::default() };
+            plugin.$rpc(ctx(), &req).await.expect(stringify!($rpc));
+            assert_eq!(next_seen(&mut seen).await, Seen::State(Event::$event, "p".into()));
+        };
+    }
+    relayed! { run_pod_sandbox, RunPodSandboxRequest { pod: p() }, RUN_POD_SANDBOX }
+    relayed! { start_container, StartContainerRequest { pod: p(), container: c() }, START_CONTAINER }
+    relayed! { remove_container, RemoveContainerRequest { pod: p(), container: c() }, REMOVE_CONTAINER }
+    relayed! { stop_pod_sandbox, StopPodSandboxRequest { pod: p() }, STOP_POD_SANDBOX }
+    relayed! { remove_pod_sandbox, RemovePodSandboxRequest { pod: p() }, REMOVE_POD_SANDBOX }
 }
 
 #[tokio::test]

@@ -77,12 +77,7 @@ async fn main() {
     // The ledger lives on tmpfs as on a node (/run/conrdma/nri), where fsync costs microseconds.
     let state = tempfile::tempdir_in("/dev/shm").expect("tmpfs state dir");
     let _plugin = with
-        .start_nri_plugin([
-            "--root".as_ref(),
-            nic.as_os_str(),
-            "--state-dir".as_ref(),
-            state.path().as_os_str(),
-        ])
+        .start_plugin_on(&nic, state.path(), &[])
         .await
         .expect("plugin connected");
 

@@ -70,14 +70,11 @@ async fn main() {
     // The ledger lives on tmpfs as on a node (/run/conrdma/nri).
     let state = tempfile::tempdir_in("/dev/shm").expect("tmpfs state dir");
     let plugin = cd
-        .start_nri_plugin([
-            "--root".as_ref(),
-            nic.as_os_str(),
-            "--state-dir".as_ref(),
-            state.path().as_os_str(),
-            "--config".as_ref(),
-            config.as_os_str(),
-        ])
+        .start_plugin_on(
+            &nic,
+            state.path(),
+            &["--config".as_ref(), config.as_os_str()],
+        )
         .await
         .expect("plugin connected");
     println!(

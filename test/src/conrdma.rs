@@ -93,6 +93,24 @@ impl Containerd {
         self.start_nri_plugin_env(args, &[]).await
     }
 
+    /// The NRI plugin on the simulated NIC at `nic`, its ledger in `state`, with `extra` args
+    /// (e.g. `--config`).
+    pub async fn start_plugin_on(
+        &mut self,
+        nic: &Path,
+        state: &Path,
+        extra: &[&OsStr],
+    ) -> Result<ChildGuard> {
+        let args = [
+            "--root".as_ref(),
+            nic.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ];
+        self.start_nri_plugin(args.into_iter().chain(extra.iter().copied()))
+            .await
+    }
+
     /// [`Containerd::start_nri_plugin`] with extra environment (e.g. a crash point).
     pub async fn start_nri_plugin_env<I, S>(
         &mut self,

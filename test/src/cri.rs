@@ -19,122 +19,38 @@ use tonic::Status;
 use crate::error::{Error, Result};
 
 pub use k8s_cri::v1;
+pub use spec::{best_effort_resources, ContainerSpec, PodSpec};
+use spec::{namespace_options, to_map};
+
+mod spec;
+
+/// A status RPC taking an id and `verbose`, returning containerd's response whole.
+macro_rules! status_rpc {
+    ($name:ident, $rpc:ident, $req:ident, $resp:ident, $id:ident) => {
+        async fn $name(&self, id: &str, verbose: bool) -> Result<api::$resp, Status> {
+            let req = api::$req {
+                $id: id.into(),
+                verbose,
+            };
+            Ok(self.runtime.clone().$rpc(req).await?.into_inner())
+        }
+    };
+}
+
+/// An RPC that takes one id and answers nothing the tests read.
+macro_rules! id_rpc {
+    ($(#[$doc:meta])* $name:ident, $rpc:ident, $req:ident, $id:ident) => {
+        $(#[$doc])*
+        pub async fn $name(&self, id: &str) -> Result<(), Status> {
+            let req = api::$req { $id: id.into() };
+            self.runtime.clone().$rpc(req).await.map(drop)
+        }
+    };
+}
 
 /// Pod sandbox configs by sandbox id, shared by every [`Cri`] of one containerd instance (and
 /// kept across restarts), because CreateContainer carries the sandbox config, as from kubelet.
 pub(crate) type PodConfigs = Arc<Mutex<HashMap<String, api::PodSandboxConfig>>>;
-
-/// What a test says about a pod; the rest is filled in like kubelet does (for a host-network pod
-/// unless `own_netns`).
-#[derive(Debug, Clone, Default)]
-pub struct PodSpec {
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
-    pub attempt: u32,
-    pub annotations: HashMap<String, String>,
-    pub labels: HashMap<String, String>,
-    /// CRI runtime handler (RuntimeClass handler); empty = containerd's default runtime.
-    pub runtime_handler: String,
-    /// cgroup parent (cgroupfs style, e.g. "/kubepods/besteffort/podUID"); empty = containerd's
-    /// default ("/k8s.io/<id>").
-    pub cgroup_parent: String,
-    /// Pod-level resources (what kubelet sends as `linux.resources`).
-    pub resources: Option<api::LinuxContainerResources>,
-    /// The pod gets its own network namespace (set up by containerd's CNI) instead of the host's.
-    pub own_netns: bool,
-}
-
-impl PodSpec {
-    pub fn new(name: &str, namespace: &str, uid: &str) -> Self {
-        PodSpec {
-            name: name.into(),
-            namespace: namespace.into(),
-            uid: uid.into(),
-            ..Default::default()
-        }
-    }
-
-    pub fn annotation(mut self, k: &str, v: &str) -> Self {
-        self.annotations.insert(k.into(), v.into());
-        self
-    }
-
-    pub fn runtime_handler(mut self, h: &str) -> Self {
-        self.runtime_handler = h.into();
-        self
-    }
-
-    /// A pod with its own network namespace, as kubelet runs every pod that is not hostNetwork.
-    pub fn own_netns(mut self) -> Self {
-        self.own_netns = true;
-        self
-    }
-}
-
-/// What a test says about a container.
-#[derive(Debug, Clone, Default)]
-pub struct ContainerSpec {
-    pub name: String,
-    pub attempt: u32,
-    pub image: String,
-    pub command: Vec<String>,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub annotations: HashMap<String, String>,
-    pub labels: HashMap<String, String>,
-    pub working_dir: String,
-    pub mounts: Vec<api::Mount>,
-    pub devices: Vec<api::Device>,
-    /// None = kubelet's BestEffort resources (cpu_shares 2, oom_score_adj 1000).
-    pub resources: Option<api::LinuxContainerResources>,
-    pub privileged: bool,
-}
-
-impl ContainerSpec {
-    pub fn new(name: &str, image: &str, command: &[&str]) -> Self {
-        ContainerSpec {
-            name: name.into(),
-            image: image.into(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
-    }
-
-    pub fn annotation(mut self, k: &str, v: &str) -> Self {
-        self.annotations.insert(k.into(), v.into());
-        self
-    }
-}
-
-/// What kubelet sends for a BestEffort container.
-pub fn best_effort_resources() -> api::LinuxContainerResources {
-    api::LinuxContainerResources {
-        cpu_shares: 2,
-        oom_score_adj: 1000,
-        ..Default::default()
-    }
-}
-
-fn to_map(kv: &[(&str, &str)]) -> HashMap<String, String> {
-    kv.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn namespace_options(own_netns: bool) -> api::NamespaceOption {
-    api::NamespaceOption {
-        network: if own_netns {
-            api::NamespaceMode::Pod as i32
-        } else {
-            api::NamespaceMode::Node as i32
-        },
-        // kubelet's defaults without shareProcessNamespace.
-        pid: api::NamespaceMode::Container as i32,
-        ipc: api::NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
 
 /// A Channel to a gRPC server on a unix socket (created lazily: the first call connects).
 pub fn unix_channel(socket: &Path) -> Result<Channel> {
@@ -311,7 +227,6 @@ impl Cri {
         self.pods.lock().ok().and_then(|m| m.get(pod_id).cloned())
     }
 
-    /// The container config kubelet would send for `spec`.
     /// The container config kubelet would send for `spec` in a pod whose network namespace is
     /// its own (`own_netns`) or the host's.
     pub fn container_config(&self, spec: &ContainerSpec, own_netns: bool) -> api::ContainerConfig {
@@ -408,15 +323,7 @@ impl Cri {
         Ok(r.into_inner().container_id)
     }
 
-    pub async fn start_container(&self, id: &str) -> Result<(), Status> {
-        self.runtime
-            .clone()
-            .start_container(api::StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await?;
-        Ok(())
-    }
+    id_rpc! { start_container, start_container, StartContainerRequest, container_id }
 
     /// CreateContainer + StartContainer; returns the container id.
     pub async fn run_container(
@@ -470,15 +377,7 @@ impl Cri {
         Ok(())
     }
 
-    pub async fn remove_container(&self, id: &str) -> Result<(), Status> {
-        self.runtime
-            .clone()
-            .remove_container(api::RemoveContainerRequest {
-                container_id: id.into(),
-            })
-            .await?;
-        Ok(())
-    }
+    id_rpc! { remove_container, remove_container, RemoveContainerRequest, container_id }
 
     /// UpdateContainerResources (what kubelet sends on a pod resize).
     pub async fn update_container_resources(
@@ -521,80 +420,54 @@ impl Cri {
     }
 
     pub async fn container_status(&self, id: &str) -> Result<api::ContainerStatus, Status> {
-        let r = self
-            .runtime
-            .clone()
-            .container_status(api::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
+        self.container_status_raw(id, false)
             .await?
-            .into_inner();
-        r.status
+            .status
             .ok_or_else(|| Status::internal("conrdma-e2e: ContainerStatus without status"))
     }
 
     /// ContainerStatus verbose: the JSON of `info["info"]`, which holds `runtimeSpec` (the final
     /// OCI spec, what `crictl inspect` shows), `pid`, `sandboxID`, `runtimeType`, `config`, ...
     pub async fn container_status_verbose(&self, id: &str) -> Result<serde_json::Value, Status> {
-        let r = self
-            .runtime
-            .clone()
-            .container_status(api::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await?
-            .into_inner();
-        info_json(&r.info)
+        info_json(&self.container_status_raw(id, true).await?.info)
     }
 
     pub async fn pod_status(&self, pod_id: &str) -> Result<api::PodSandboxStatus, Status> {
-        let r = self
-            .runtime
-            .clone()
-            .pod_sandbox_status(api::PodSandboxStatusRequest {
-                pod_sandbox_id: pod_id.into(),
-                verbose: false,
-            })
+        self.pod_status_raw(pod_id, false)
             .await?
-            .into_inner();
-        r.status
+            .status
             .ok_or_else(|| Status::internal("conrdma-e2e: PodSandboxStatus without status"))
     }
 
     /// PodSandboxStatus verbose: the JSON of `info["info"]` (with the sandbox's `runtimeSpec`).
     pub async fn pod_status_verbose(&self, pod_id: &str) -> Result<serde_json::Value, Status> {
-        let r = self
-            .runtime
-            .clone()
-            .pod_sandbox_status(api::PodSandboxStatusRequest {
-                pod_sandbox_id: pod_id.into(),
-                verbose: true,
-            })
-            .await?
-            .into_inner();
-        info_json(&r.info)
+        info_json(&self.pod_status_raw(pod_id, true).await?.info)
     }
 
-    pub async fn stop_pod(&self, pod_id: &str) -> Result<(), Status> {
-        self.runtime
-            .clone()
-            .stop_pod_sandbox(api::StopPodSandboxRequest {
-                pod_sandbox_id: pod_id.into(),
-            })
-            .await?;
-        Ok(())
+    status_rpc!(
+        container_status_raw,
+        container_status,
+        ContainerStatusRequest,
+        ContainerStatusResponse,
+        container_id
+    );
+    status_rpc!(
+        pod_status_raw,
+        pod_sandbox_status,
+        PodSandboxStatusRequest,
+        PodSandboxStatusResponse,
+        pod_sandbox_id
+    );
+
+    id_rpc! { stop_pod, stop_pod_sandbox, StopPodSandboxRequest, pod_sandbox_id }
+    id_rpc! {
+        /// RemovePodSandbox (force-removes the pod's containers, as in CRI).
+        remove_pod_sandbox, remove_pod_sandbox, RemovePodSandboxRequest, pod_sandbox_id
     }
 
-    /// RemovePodSandbox (force-removes the pod's containers, as in CRI).
+    /// [`Cri::remove_pod_sandbox`], forgetting the pod's config.
     pub async fn remove_pod(&self, pod_id: &str) -> Result<(), Status> {
-        self.runtime
-            .clone()
-            .remove_pod_sandbox(api::RemovePodSandboxRequest {
-                pod_sandbox_id: pod_id.into(),
-            })
-            .await?;
+        self.remove_pod_sandbox(pod_id).await?;
         if let Ok(mut m) = self.pods.lock() {
             m.remove(pod_id);
         }

@@ -44,14 +44,14 @@ async fn plugin_reports_feed_the_scheduler_extender() {
     std::fs::write(dir.path().join("node.toml"), node_cfg).unwrap();
     let mut cd = cd;
     let _plugin = cd
-        .start_nri_plugin([
-            "--root".as_ref(),
-            nic.as_os_str(),
-            "--state-dir".as_ref(),
-            dir.path().join("state").as_os_str(),
-            "--config".as_ref(),
-            dir.path().join("node.toml").as_os_str(),
-        ])
+        .start_plugin_on(
+            &nic,
+            &dir.path().join("state"),
+            &[
+                "--config".as_ref(),
+                dir.path().join("node.toml").as_os_str(),
+            ],
+        )
         .await
         .unwrap();
 

@@ -112,14 +112,7 @@ async fn run() -> Result<(), String> {
     let mut cd = Containerd::start(opts).await.map_err(|e| e.to_string())?;
     let state = work.path().join("state");
     let plugin = cd
-        .start_nri_plugin([
-            "--root".as_ref(),
-            nic.as_os_str(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-            "--config".as_ref(),
-            config.as_os_str(),
-        ])
+        .start_plugin_on(&nic, &state, &["--config".as_ref(), config.as_os_str()])
         .await
         .map_err(|e| e.to_string())?;
     step(&format!(
