@@ -79,6 +79,20 @@ fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
     r[r.len() / 2]
 }
 
+/// Prints one timed step of both runtimes (`a` runc, `b` conrdma) and their ratios.
+fn compare(step: &str, a: &mut [Duration], b: &mut [Duration]) {
+    let pr = paired_ratio(a, b);
+    let (ra, rb) = (stats(a), stats(b));
+    println!("{:<41}median  mean  p90", format!("{step} (ms)"));
+    println!("  runc shim      {:7.1} {:6.1} {:6.1}", ra.0, ra.1, ra.2);
+    println!("  conrdma shim   {:7.1} {:6.1} {:6.1}", rb.0, rb.1, rb.2);
+    println!(
+        "  ratio conrdma/runc: median {:.3}, mean {:.3}, median of paired ratios {pr:.3}",
+        rb.0 / ra.0,
+        rb.1 / ra.1
+    );
+}
+
 fn argv0(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
@@ -156,16 +170,7 @@ async fn main() {
     }
     cri.stop_and_remove_pod(&runc_pod).await.unwrap();
     cri.stop_and_remove_pod(&our_pod).await.unwrap();
-    let pr = paired_ratio(&a, &b);
-    let (ra, rb) = (stats(&mut a), stats(&mut b));
-    println!("container create+start+stop+remove (ms)  median  mean  p90");
-    println!("  runc shim      {:7.1} {:6.1} {:6.1}", ra.0, ra.1, ra.2);
-    println!("  conrdma shim   {:7.1} {:6.1} {:6.1}", rb.0, rb.1, rb.2);
-    println!(
-        "  ratio conrdma/runc: median {:.3}, mean {:.3}, median of paired ratios {pr:.3}",
-        rb.0 / ra.0,
-        rb.1 / ra.1
-    );
+    compare("container create+start+stop+remove", &mut a, &mut b);
 
     // Whole pod lifecycle.
     let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -187,16 +192,7 @@ async fn main() {
             v.push(t.elapsed());
         }
     }
-    let pr = paired_ratio(&a, &b);
-    let (ra, rb) = (stats(&mut a), stats(&mut b));
-    println!("pod run+container+stop+remove (ms)       median  mean  p90");
-    println!("  runc shim      {:7.1} {:6.1} {:6.1}", ra.0, ra.1, ra.2);
-    println!("  conrdma shim   {:7.1} {:6.1} {:6.1}", rb.0, rb.1, rb.2);
-    println!(
-        "  ratio conrdma/runc: median {:.3}, mean {:.3}, median of paired ratios {pr:.3}",
-        rb.0 / ra.0,
-        rb.1 / ra.1
-    );
+    compare("pod run+container+stop+remove", &mut a, &mut b);
 
     // Memory with K pods of each runtime running.
     const K: usize = 8;

@@ -18,10 +18,9 @@ use conrdma_node::limiter::VfCounters;
 use crate::child::child_socket;
 use crate::flags::Flags;
 use crate::pod::{RateState, Sample};
-use crate::report::{drain_until, now_ms, window_report};
-use crate::settings::{ReportSettings, DEFAULT_INTERVAL, DEFAULT_SPOOL_MAX, RUNC_SHIM};
+use crate::report::{drain_until, now_ms, spool_window};
+use crate::settings::{ReportSettings, RUNC_SHIM};
 use crate::spec::Spec;
-use crate::spool::Spool;
 use crate::start::{accepts, socket_path, RUNC_SHIM_FILE};
 
 const RUNC_DELETE_TIMEOUT: Duration = Duration::from_millis(3500);
@@ -46,7 +45,9 @@ pub fn delete(flags: &Flags, argv: &[String]) -> i32 {
 }
 
 fn warn(msg: String) {
-    // stderr of `delete` lands in containerd's log as cleanup warnings.
+    // stderr of `delete` lands in containerd's log as cleanup warnings; a ShimError's text
+    // already carries the prefix.
+    let msg = msg.strip_prefix("conrdma: ").unwrap_or(&msg);
     let _ = writeln!(std::io::stderr(), "conrdma: {msg}");
 }
 
@@ -74,42 +75,26 @@ fn reset_and_spool(bundle: &Path) -> Option<ReportSettings> {
             Err(e) => warn(format!("VF rate reset failed: {e}")),
         }
     }
-    let mut cfg = None;
-    if let (Some(spool_dir), Some(node), Some(url)) = (&st.spool_dir, &st.node, &st.webhook_url) {
-        let settings = ReportSettings {
-            url: url.clone(),
-            credential_file: st.credential_file.clone(),
-            ca_file: None,
-            interval: DEFAULT_INTERVAL,
-            node: node.clone(),
-            spool_dir: spool_dir.clone(),
-            spool_max: DEFAULT_SPOOL_MAX,
+    if let (Some(cfg), false, Some(pod)) = (&st.reports, st.final_spooled, &st.pod) {
+        let now = Sample {
+            unix_ms: now_ms(),
+            counters: limiter.counters(&rec.pf, rec.vf).unwrap_or_else(|_| {
+                st.last_sample
+                    .map(|s| s.counters)
+                    .unwrap_or(VfCounters::default())
+            }),
         };
-        if let (false, Some(pod)) = (st.final_spooled, &st.pod) {
-            let now = Sample {
-                unix_ms: now_ms(),
-                counters: limiter.counters(&rec.pf, rec.vf).unwrap_or_else(|_| {
-                    st.last_sample
-                        .map(|s| s.counters)
-                        .unwrap_or(VfCounters::default())
-                }),
-            };
-            let from = st.last_sample.unwrap_or(now);
-            let r = window_report(node, pod, &rec, from, now, true);
-            match r.validate() {
-                Ok(()) => match Spool::new(spool_dir, DEFAULT_SPOOL_MAX).put(&r) {
-                    Ok(_) => st.final_spooled = true,
-                    Err(e) => warn(format!("cannot spool the final usage report: {e}")),
-                },
-                Err(e) => warn(format!("final usage report would be refused: {e}")),
-            }
+        let from = st.last_sample.unwrap_or(now);
+        match spool_window(cfg, pod, &rec, from, now, true) {
+            Ok(()) => st.final_spooled = true,
+            Err(e) => warn(format!("the pod's final usage report: {e}")),
         }
-        cfg = Some(settings);
     }
     if let Err(e) = st.save(bundle) {
         warn(e.to_string());
     }
-    cfg
+    // Also when the final report was spooled before: it may still wait there to be sent.
+    st.reports
 }
 
 /// Step 2.
@@ -177,4 +162,77 @@ fn remove_stale_sockets(flags: &Flags, bundle: &Path) {
     }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(child_socket(&socket));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{container, ok, record, sandbox, HttpsWebhook, World};
+    use conrdma_api::report::USAGE_REPORT_PATH;
+    use conrdma_node::limiter::{RateLimiter, SimulatedLimiter, VfRate};
+
+    /// A shim that crashed mid-pod leaves its record; containerd's `delete` must still reset the
+    /// VF and deliver the final report to a webhook that only a private CA vouches for.
+    #[test]
+    fn a_crashed_pods_final_report_reaches_an_https_webhook_with_a_private_ca() {
+        let hook = HttpsWebhook::start();
+        let spool = tempfile::tempdir().unwrap();
+        let w = World::new(&format!(
+            "webhook_url = {:?}\nca_file = {:?}\nnode_name = \"node-1\"\nspool_dir = {:?}\nreport_interval = \"1h\"\n",
+            hook.url,
+            hook.ca_file,
+            spool.path()
+        ));
+        let sb = w.bundle("sb", sandbox());
+        assert!(ok(&w.create("sb", sb.clone(), None)));
+        let c = w.bundle("c1", container("main", Some(record(1).to_json())));
+        assert!(ok(&w.create("c1", c, None)));
+        let sim = SimulatedLimiter::new(&w.nic);
+        assert_eq!(sim.get("ens1f0", 1).unwrap(), VfRate::new(1_000, 4_000));
+        // The crash: the proxy goes without the sandbox's Delete, so without a final report.
+        w.proxy.finish(Duration::ZERO);
+        assert!(hook.received().is_empty());
+
+        // containerd then runs `delete` in the sandbox's bundle (a stand-in runc shim answers).
+        let runc = w.dir.path().join("runc-shim");
+        std::fs::write(&runc, "#!/bin/sh\nexit 0\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            Path::new(&sb).join(RUNC_SHIM_FILE),
+            runc.to_string_lossy().as_bytes(),
+        )
+        .unwrap();
+        let argv: Vec<String> = [
+            "-namespace",
+            "k8s.io",
+            "-id",
+            "sb",
+            "-bundle",
+            &sb,
+            "delete",
+        ]
+        .map(String::from)
+        .into();
+        let flags = Flags::parse(argv.clone()).unwrap();
+        assert_eq!(delete(&flags, &argv), 0);
+
+        assert_eq!(sim.get("ens1f0", 1).unwrap(), VfRate::NONE);
+        let got = hook.received();
+        let finals: Vec<_> = got
+            .iter()
+            .filter(|(path, _)| path == USAGE_REPORT_PATH)
+            .flat_map(|(_, b)| b.reports.iter().filter(|r| r.is_final))
+            .collect();
+        assert_eq!(finals.len(), 1, "{got:?}");
+        assert_eq!(
+            (finals[0].node.as_str(), finals[0].pod.name.as_str()),
+            ("node-1", "p")
+        );
+        assert!(crate::spool::Spool::new(spool.path(), 10)
+            .files()
+            .is_empty());
+        let st = RateState::load(Path::new(&sb)).unwrap().unwrap();
+        assert!(st.reset && st.final_spooled);
+    }
 }

@@ -45,25 +45,36 @@ impl ShimError {
         }
     }
 
-    pub fn code(&self) -> Code {
+    /// The failure class, as the API and node crates classify theirs.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ShimError::Refused(_) => Code::FAILED_PRECONDITION,
-            ShimError::Invalid(_) | ShimError::Config(_) => Code::INVALID_ARGUMENT,
-            ShimError::Core(e) => match e.class() {
-                ErrorClass::InvalidInput => Code::INVALID_ARGUMENT,
-                ErrorClass::Exhausted => Code::RESOURCE_EXHAUSTED,
-                ErrorClass::NotFound => Code::NOT_FOUND,
-                ErrorClass::Precondition => Code::FAILED_PRECONDITION,
-                ErrorClass::Unavailable => Code::UNAVAILABLE,
-                ErrorClass::Internal => Code::INTERNAL,
-            },
-            ShimError::Child(_) => Code::UNAVAILABLE,
-            ShimError::Io { .. } => Code::INTERNAL,
+            ShimError::Refused(_) => ErrorClass::Precondition,
+            ShimError::Invalid(_) | ShimError::Config(_) => ErrorClass::InvalidInput,
+            ShimError::Core(e) => e.class(),
+            ShimError::Child(_) => ErrorClass::Unavailable,
+            ShimError::Io { .. } => ErrorClass::Internal,
         }
+    }
+
+    pub fn code(&self) -> Code {
+        class_code(self.class())
     }
 
     pub fn status(&self) -> ttrpc::Status {
         ttrpc::get_status(self.code(), self.to_string())
+    }
+}
+
+/// The ttrpc code of a failure class: the gRPC code `ErrorClass` documents for it.
+pub fn class_code(class: ErrorClass) -> Code {
+    use ErrorClass::*;
+    match class {
+        InvalidInput => Code::INVALID_ARGUMENT,
+        Exhausted => Code::RESOURCE_EXHAUSTED,
+        NotFound => Code::NOT_FOUND,
+        Precondition => Code::FAILED_PRECONDITION,
+        Unavailable => Code::UNAVAILABLE,
+        Internal => Code::INTERNAL,
     }
 }
 
@@ -77,6 +88,13 @@ mod tests {
             ShimError::Refused("x".into()).code(),
             Code::FAILED_PRECONDITION
         );
+        assert_eq!(
+            ShimError::Invalid("x".into()).code(),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(ShimError::Child("x".into()).code(), Code::UNAVAILABLE);
+        let io = ShimError::io("x", std::io::Error::other("y"));
+        assert_eq!(io.code(), Code::INTERNAL);
         let e = ShimError::Core(NodeError::NotFound("no VF".into()));
         assert_eq!(e.code(), Code::NOT_FOUND);
         let s = e.status();

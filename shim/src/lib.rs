@@ -24,6 +24,8 @@ pub mod settings;
 pub mod spec;
 pub mod spool;
 pub mod start;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Result, ShimError};
 

@@ -16,6 +16,7 @@ use conrdma_node::limiter::{Applied, LimiterSpec, VfCounters};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ShimError};
+use crate::settings::ReportSettings;
 use crate::spec::Spec;
 
 /// What to do with a container at Create.
@@ -109,17 +110,9 @@ pub struct RateState {
     /// True once the VF has been reset.
     #[serde(default)]
     pub reset: bool,
-    /// Reporting: where the spool is and what node this is (None: no reports).
-    #[serde(default)]
-    pub spool_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub node: Option<String>,
-    #[serde(default)]
-    pub webhook_url: Option<String>,
-    #[serde(default)]
-    pub credential_file: Option<PathBuf>,
+    /// The shim's report settings, whole (None: no reports). A missing Option reads as None.
+    pub reports: Option<ReportSettings>,
     /// The last counter sample reported; the final report covers from here.
-    #[serde(default)]
     pub last_sample: Option<Sample>,
     /// True once the final report has been spooled.
     #[serde(default)]
@@ -127,6 +120,24 @@ pub struct RateState {
 }
 
 pub const STATE_FILE: &str = "conrdma-shim.json";
+
+/// The reporting fields of records written before `reports` (an upgrade while the pod runs).
+#[derive(Deserialize)]
+struct LegacyReports {
+    webhook_url: Option<String>,
+    node: Option<String>,
+    spool_dir: Option<PathBuf>,
+    credential_file: Option<PathBuf>,
+}
+
+impl LegacyReports {
+    fn settings(self) -> Option<ReportSettings> {
+        let mut r = ReportSettings::new(self.webhook_url?, self.node?);
+        r.spool_dir = self.spool_dir?;
+        r.credential_file = self.credential_file;
+        Some(r)
+    }
+}
 
 impl RateState {
     pub fn path(bundle: &Path) -> PathBuf {
@@ -136,13 +147,19 @@ impl RateState {
     /// Reads the state in `bundle`; Ok(None) when there is none.
     pub fn load(bundle: &Path) -> Result<Option<RateState>> {
         let path = Self::path(bundle);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ShimError::Invalid(format!("{} is unreadable: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ShimError::io(format!("reading {}", path.display()), e)),
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ShimError::io(format!("reading {}", path.display()), e)),
+        };
+        let unreadable = |e| ShimError::Invalid(format!("{} is unreadable: {e}", path.display()));
+        let mut st: RateState = serde_json::from_slice(&bytes).map_err(unreadable)?;
+        if st.reports.is_none() {
+            st.reports = serde_json::from_slice::<LegacyReports>(&bytes)
+                .map_err(unreadable)?
+                .settings();
         }
+        Ok(Some(st))
     }
 
     /// Load-modify-save under a process-wide lock (the proxy and its reporter both update it).
@@ -174,24 +191,7 @@ mod tests {
     use conrdma_node::limiter::VfRate;
 
     use super::*;
-
-    fn rec() -> AllocationRecord {
-        AllocationRecord {
-            pool: "default".into(),
-            pf: "ens1f0".into(),
-            vf: 2,
-            vf_pci: "0000:3b:00.3".into(),
-            rdma_device: "mlx5_3".into(),
-            netdev: "ens1f0v2".into(),
-            guaranteed_mbps: 10_000,
-            limit_mbps: 25_000,
-            uverbs: "/dev/infiniband/uverbs3".into(),
-            rdma_cgroup: Default::default(),
-            start_max_mbps: None,
-            address: None,
-            ifname: None,
-        }
-    }
+    use crate::testing::record;
 
     fn spec(pairs: &[(&str, &str)]) -> Spec {
         Spec {
@@ -210,11 +210,11 @@ mod tests {
 
     #[test]
     fn allocation_is_applied() {
-        let json = rec().to_json();
+        let json = record(2).to_json();
         let c = spec(&[CTR, (KEY_ALLOCATION, &json), (KEY_BANDWIDTH, "10G")]);
         let p = pod(&[(KEY_BANDWIDTH, "10G")]);
         match decide(&c, Some(&p)) {
-            Decision::Apply(r) => assert_eq!(r.start_rate(), VfRate::new(10_000, 25_000)),
+            Decision::Apply(r) => assert_eq!(r.start_rate(), VfRate::new(1_000, 4_000)),
             d => panic!("{d:?}"),
         }
     }
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn forged_or_bad_requests_are_refused() {
-        let json = rec().to_json();
+        let json = record(2).to_json();
         // The pod itself set the allocation key: refused even though the container has one.
         let p = pod(&[(KEY_ALLOCATION, &json)]);
         let c = spec(&[CTR, (KEY_ALLOCATION, &json)]);
@@ -278,21 +278,19 @@ mod tests {
 
     #[test]
     fn without_a_sandbox_the_container_stands_for_the_pod() {
-        let json = rec().to_json();
+        let json = record(2).to_json();
         let c = spec(&[(KEY_ALLOCATION, &json), (KEY_BANDWIDTH, "10G")]);
         assert!(matches!(decide(&c, None), Decision::Apply(_)));
         let c = spec(&[(KEY_BANDWIDTH, "10G")]);
         assert!(matches!(decide(&c, None), Decision::Refuse(_)));
     }
 
-    #[test]
-    fn state_round_trips_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(RateState::load(dir.path()).unwrap().is_none());
-        let s = RateState {
+    /// A record as the proxy writes it for a pod without reports.
+    fn state() -> RateState {
+        RateState {
             owner_id: "sb".into(),
             pod: None,
-            allocation: rec(),
+            allocation: record(2),
             limiter: LimiterSpec::Netlink,
             applied: Applied {
                 requested: VfRate::new(1, 2),
@@ -301,15 +299,27 @@ mod tests {
                 note: Some("igb".into()),
             },
             reset: false,
-            spool_dir: None,
-            node: None,
-            webhook_url: None,
-            credential_file: None,
+            reports: None,
+            last_sample: None,
+            final_spooled: false,
+        }
+    }
+
+    #[test]
+    fn state_round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(RateState::load(dir.path()).unwrap().is_none());
+        let s = RateState {
+            reports: Some(ReportSettings {
+                ca_file: Some("/etc/conrdma/ca.pem".into()),
+                spool_max: 7,
+                ..ReportSettings::new("https://h:8443".into(), "n".into())
+            }),
             last_sample: Some(Sample {
                 unix_ms: 5,
                 counters: VfCounters::default(),
             }),
-            final_spooled: false,
+            ..state()
         };
         s.save(dir.path()).unwrap();
         assert_eq!(RateState::load(dir.path()).unwrap(), Some(s));
@@ -324,5 +334,35 @@ mod tests {
         );
         std::fs::write(RateState::path(dir.path()), "{").unwrap();
         assert!(RateState::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn records_of_the_previous_release_keep_their_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state();
+        // As the previous release wrote it: the report settings as separate top-level fields.
+        let mut old = serde_json::to_value(&s).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("reports");
+        o.insert("spool_dir".into(), "/var/spool/x".into());
+        o.insert("node".into(), "n1".into());
+        o.insert("webhook_url".into(), "https://h:8443".into());
+        o.insert("credential_file".into(), "/etc/conrdma/token".into());
+        std::fs::write(RateState::path(dir.path()), old.to_string()).unwrap();
+        s.reports = Some(ReportSettings {
+            spool_dir: "/var/spool/x".into(),
+            credential_file: Some("/etc/conrdma/token".into()),
+            ..ReportSettings::new("https://h:8443".into(), "n1".into())
+        });
+        assert_eq!(RateState::load(dir.path()).unwrap(), Some(s.clone()));
+        // Saved again, it is in the new shape, the interval readable.
+        s.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(RateState::path(dir.path())).unwrap();
+        assert!(text.contains("\"interval\": \"10s\""), "{text}");
+        assert!(!text.contains("webhook_url"), "{text}");
+        // An old record without reports has none.
+        old.as_object_mut().unwrap().remove("webhook_url");
+        std::fs::write(RateState::path(dir.path()), old.to_string()).unwrap();
+        assert_eq!(RateState::load(dir.path()).unwrap().unwrap().reports, None);
     }
 }

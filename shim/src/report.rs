@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use conrdma_reporter::{Client, SendError};
 
+use crate::error::{Result, ShimError};
 use crate::pod::{RateState, Sample};
 use crate::settings::ReportSettings;
 use crate::spool::{Drained, Sent, Spool};
@@ -65,6 +66,30 @@ pub fn window_report(
         window_end_unix_ms: to.unix_ms.max(from.unix_ms),
         is_final,
     }
+}
+
+/// Spools the report of the window from `from` to `to`.
+pub fn spool_window(
+    cfg: &ReportSettings,
+    pod: &PodId,
+    rec: &AllocationRecord,
+    from: Sample,
+    to: Sample,
+    is_final: bool,
+) -> Result<()> {
+    let report = window_report(&cfg.node, pod, rec, from, to, is_final);
+    report
+        .validate()
+        .map_err(|e| ShimError::Invalid(format!("usage report would be refused: {e}")))?;
+    Spool::new(&cfg.spool_dir, cfg.spool_max)
+        .put(&report)
+        .map(drop)
+        .map_err(|e| {
+            ShimError::io(
+                format!("spooling a usage report in {}", cfg.spool_dir.display()),
+                e,
+            )
+        })
 }
 
 /// The webhook client for these settings.
@@ -271,21 +296,9 @@ impl Loop {
             return;
         };
         if let Some(from) = self.last {
-            let report = window_report(
-                &self.cfg.node,
-                &self.target.pod,
-                &self.target.allocation,
-                from,
-                now,
-                is_final,
-            );
-            if let Err(e) = report.validate() {
-                warn!(error = %e, "usage report would be refused; not sent");
-            } else {
-                let spool = Spool::new(&self.cfg.spool_dir, self.cfg.spool_max);
-                if let Err(e) = spool.put(&report) {
-                    warn!(error = %e, spool = %self.cfg.spool_dir.display(), "cannot spool a usage report");
-                }
+            let t = &self.target;
+            if let Err(e) = spool_window(&self.cfg, &t.pod, &t.allocation, from, now, is_final) {
+                warn!(error = %e, "usage report not spooled");
             }
         }
         self.last = Some(now);
@@ -343,25 +356,8 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::record;
     use conrdma_node::limiter::VfCounters;
-
-    fn rec() -> AllocationRecord {
-        AllocationRecord {
-            pool: "default".into(),
-            pf: "ens1f0".into(),
-            vf: 1,
-            vf_pci: "x".into(),
-            rdma_device: "mlx5_1".into(),
-            netdev: "ens1f0v1".into(),
-            guaranteed_mbps: 100,
-            limit_mbps: 200,
-            uverbs: "/dev/infiniband/uverbs1".into(),
-            rdma_cgroup: Default::default(),
-            start_max_mbps: None,
-            address: None,
-            ifname: None,
-        }
-    }
 
     fn s(ms: u64, tx: u64, rx: u64) -> Sample {
         Sample {
@@ -380,15 +376,10 @@ mod tests {
             name: "p".into(),
             uid: "u".into(),
         };
+        let rec = record(1);
+        let window = |from, to, is_final| window_report("n", &pod, &rec, from, to, is_final);
         // 12.5 MB in 1 s = 100 Mbps.
-        let r = window_report(
-            "n",
-            &pod,
-            &rec(),
-            s(1_000, 0, 0),
-            s(2_000, 12_500_000, 125_000),
-            false,
-        );
+        let r = window(s(1_000, 0, 0), s(2_000, 12_500_000, 125_000), false);
         assert!((r.tx_mbps - 100.0).abs() < 1e-9, "{}", r.tx_mbps);
         assert!((r.rx_mbps - 1.0).abs() < 1e-9);
         assert_eq!(
@@ -397,14 +388,7 @@ mod tests {
         );
         r.validate().unwrap();
         // A counter reset counts from zero instead of going negative.
-        let r = window_report(
-            "n",
-            &pod,
-            &rec(),
-            s(0, 1_000_000, 0),
-            s(1_000, 125_000, 0),
-            true,
-        );
+        let r = window(s(0, 1_000_000, 0), s(1_000, 125_000, 0), true);
         assert!((r.tx_mbps - 1.0).abs() < 1e-9 && r.is_final);
         assert_eq!(mbps(5, 0), 0.0);
     }

@@ -269,10 +269,7 @@ impl Proxy {
             limiter: self.settings.limiter.clone(),
             applied,
             reset: false,
-            spool_dir: reports.map(|r| r.spool_dir.clone()),
-            node: reports.map(|r| r.node.clone()),
-            webhook_url: reports.map(|r| r.url.clone()),
-            credential_file: reports.and_then(|r| r.credential_file.clone()),
+            reports: reports.cloned(),
             last_sample: None,
             final_spooled: false,
         };
@@ -398,121 +395,17 @@ impl MethodHandler for Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{container, ok, record, request, sandbox, World};
     use conrdma_node::limiter::{SimulatedLimiter, VfRate};
-    use conrdma_node::simulate::{build, SimOptions};
     use containerd_shim_protos::api::ConnectRequest;
     use protobuf::well_known_types::any::Any;
-    use ttrpc::proto::RequestInit;
-
-    /// Records forwarded calls; answers OK (Connect with a runc-like ConnectResponse).
-    #[derive(Default)]
-    struct Fake {
-        calls: Mutex<Vec<(String, Vec<u8>)>>,
-        services: Mutex<Vec<String>>,
-    }
-
-    impl Upstream for Arc<Fake> {
-        fn call(&self, req: Request) -> ttrpc::Result<Response> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push((req.method.clone(), req.payload.clone()));
-            self.services.lock().unwrap().push(req.service.clone());
-            let mut res = Response::init_status(ttrpc::get_status(Code::OK, ""));
-            if req.method == "Connect" {
-                let mut c = ConnectResponse::new();
-                c.shim_pid = 1;
-                c.task_pid = 42;
-                res.payload = c.write_to_bytes().unwrap();
-            }
-            Ok(res)
-        }
-    }
-
-    fn request(method: &str, msg: &dyn protobuf::MessageDyn) -> Request {
-        let mut r = Request::init_request(SERVICE_V2.into(), method.into(), 0, vec![]);
-        r.payload = msg.write_to_bytes_dyn().unwrap();
-        r
-    }
-
-    struct World {
-        _dir: tempfile::TempDir,
-        nic: PathBuf,
-        bundles: PathBuf,
-        fake: Arc<Fake>,
-        proxy: Proxy,
-    }
 
     fn world() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let nic = dir.path().join("nic");
-        build(
-            &nic,
-            &SimOptions {
-                pfs: 1,
-                vfs_per_pf: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let bundles = dir.path().join("k8s.io");
-        let settings = Settings::from_toml(&format!(
-            "limiter = \"simulated\"\nsysfs_root = {:?}\n",
-            nic.to_string_lossy()
-        ))
-        .unwrap();
-        let limiter: Arc<dyn RateLimiter> = Arc::from(settings.limiter.build());
-        let fake = Arc::new(Fake::default());
-        let proxy = Proxy::new(Box::new(fake.clone()), SERVICE_V3, settings, limiter);
-        World {
-            _dir: dir,
-            nic,
-            bundles,
-            fake,
-            proxy,
-        }
-    }
-
-    fn bundle(w: &World, id: &str, annotations: serde_json::Value) -> String {
-        let b = w.bundles.join(id);
-        std::fs::create_dir_all(&b).unwrap();
-        std::fs::write(
-            b.join("config.json"),
-            serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations }).to_string(),
-        )
-        .unwrap();
-        b.to_string_lossy().into_owned()
-    }
-
-    fn create(w: &World, id: &str, bundle: String, options: Option<Any>) -> Response {
-        let mut m = CreateTaskRequest::new();
-        m.id = id.into();
-        m.bundle = bundle;
-        m.options = MessageField::from_option(options);
-        w.proxy.handle("Create", request("Create", &m))
-    }
-
-    fn ok(r: &Response) -> bool {
-        r.status.as_ref().is_none_or(|s| s.code() == Code::OK)
+        World::new("")
     }
 
     fn alloc(vf: u32) -> String {
-        AllocationRecord {
-            pool: "default".into(),
-            pf: "ens1f0".into(),
-            vf,
-            vf_pci: "x".into(),
-            rdma_device: "mlx5_1".into(),
-            netdev: format!("ens1f0v{vf}"),
-            guaranteed_mbps: 1_000,
-            limit_mbps: 4_000,
-            uverbs: "/dev/infiniband/uverbs1".into(),
-            rdma_cgroup: Default::default(),
-            start_max_mbps: None,
-            address: None,
-            ifname: None,
-        }
-        .to_json()
+        record(vf).to_json()
     }
 
     fn our_options() -> Any {
@@ -530,36 +423,16 @@ mod tests {
     fn pod_lifecycle_through_the_proxy() {
         let w = world();
         let sim = SimulatedLimiter::new(&w.nic);
-        let pod = serde_json::json!({
-            "io.kubernetes.cri.container-type": "sandbox",
-            "io.kubernetes.cri.sandbox-id": "sb",
-            "io.kubernetes.cri.sandbox-name": "p",
-            "io.kubernetes.cri.sandbox-namespace": "default",
-            "io.kubernetes.cri.sandbox-uid": "u",
-            "rdma.conrdma.io/bandwidth": "1G",
-        });
-        let sb = bundle(&w, "sb", pod);
-        assert!(ok(&create(&w, "sb", sb.clone(), Some(our_options()))));
+        let sb = w.bundle("sb", sandbox());
+        assert!(ok(&w.create("sb", sb.clone(), Some(our_options()))));
         // The runtimeoptions Any never reaches runc (no runc keys in the table: dropped).
         let (_, payload) = w.fake.calls.lock().unwrap()[0].clone();
         let fwd = CreateTaskRequest::parse_from_bytes(&payload).unwrap();
         assert!(fwd.options.is_none(), "{:?}", fwd.options);
 
-        let ctr = |name: &str, extra: Option<String>| {
-            let mut a = serde_json::json!({
-                "io.kubernetes.cri.container-type": "container",
-                "io.kubernetes.cri.sandbox-id": "sb",
-                "io.kubernetes.cri.container-name": name,
-                "rdma.conrdma.io/bandwidth": "1G",
-            });
-            if let Some(j) = extra {
-                a["rdma.conrdma.io/allocation"] = j.into();
-            }
-            a
-        };
         // A container without its allocation is refused before runc sees it.
-        let b = bundle(&w, "c0", ctr("main", None));
-        let r = create(&w, "c0", b, None);
+        let b = w.bundle("c0", container("main", None));
+        let r = w.create("c0", b, None);
         let st = r.status.as_ref().unwrap();
         assert_eq!(st.code(), Code::FAILED_PRECONDITION);
         assert!(
@@ -570,8 +443,8 @@ mod tests {
         );
         assert_eq!(w.fake.calls.lock().unwrap().len(), 1);
 
-        let b = bundle(&w, "c1", ctr("main", Some(alloc(1))));
-        assert!(ok(&create(&w, "c1", b, None)));
+        let b = w.bundle("c1", container("main", Some(alloc(1))));
+        assert!(ok(&w.create("c1", b, None)));
         assert_eq!(sim.get("ens1f0", 1).unwrap(), VfRate::new(1_000, 4_000));
         let state = RateState::load(Path::new(&sb))
             .unwrap()
@@ -579,10 +452,10 @@ mod tests {
         assert_eq!(state.owner_id, "sb");
         assert!(state.applied.min_enforced && !state.reset);
         // A second container of the pod: nothing new; a different VF: refused.
-        let b = bundle(&w, "c2", ctr("side", Some(alloc(1))));
-        assert!(ok(&create(&w, "c2", b, None)));
-        let b = bundle(&w, "c3", ctr("odd", Some(alloc(0))));
-        assert!(!ok(&create(&w, "c3", b, None)));
+        let b = w.bundle("c2", container("side", Some(alloc(1))));
+        assert!(ok(&w.create("c2", b, None)));
+        let b = w.bundle("c3", container("odd", Some(alloc(0))));
+        assert!(!ok(&w.create("c3", b, None)));
 
         // Exec and container deletes keep the rate; the sandbox's init Delete resets it.
         let del = |id: &str, exec: &str| {
@@ -636,15 +509,14 @@ mod tests {
         let sim = SimulatedLimiter::new(&w.nic);
         std::fs::remove_file(sim.vf_dir("ens1f0", 0).join("min_tx_rate")).unwrap();
         // Not a CRI pod: the container itself stands for the pod and owns the rate.
-        let b = bundle(
-            &w,
+        let b = w.bundle(
             "solo",
             serde_json::json!({
                 "rdma.conrdma.io/bandwidth": "1G",
                 "rdma.conrdma.io/allocation": alloc(0),
             }),
         );
-        assert!(ok(&create(&w, "solo", b.clone(), None)));
+        assert!(ok(&w.create("solo", b.clone(), None)));
         assert_eq!(sim.get("ens1f0", 0).unwrap(), VfRate::new(0, 4_000));
         let st = RateState::load(Path::new(&b)).unwrap().unwrap();
         assert_eq!(st.owner_id, "solo");
@@ -659,12 +531,11 @@ mod tests {
     #[test]
     fn limiter_failure_fails_the_create() {
         let w = world();
-        let b = bundle(
-            &w,
+        let b = w.bundle(
             "bad",
             serde_json::json!({ "rdma.conrdma.io/allocation": alloc(9) }),
         );
-        let r = create(&w, "bad", b, None);
+        let r = w.create("bad", b, None);
         let st = r.status.unwrap();
         assert_eq!(st.code(), Code::FAILED_PRECONDITION);
         assert!(

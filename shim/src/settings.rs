@@ -18,13 +18,15 @@ use std::time::Duration;
 
 use conrdma_node::limiter::LimiterSpec;
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ShimError};
 
 pub const DEFAULT_SPOOL_DIR: &str = "/run/conrdma/shim/spool";
 pub const DEFAULT_SPOOL_MAX: usize = 10_000;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Shorter windows would be mostly noise and load the webhook for nothing.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,17 +66,48 @@ struct Raw {
     criu_work_path: Option<String>,
 }
 
-/// Where and how usage reports go.
-#[derive(Debug, Clone, PartialEq)]
+/// Where and how usage reports go. The bundle record (`crate::pod::RateState`) keeps these whole,
+/// so the `delete` command after a crash sends the final report exactly as the shim would have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportSettings {
     /// The placement webhook's base URL (reports go to `<url>/v1/reports/usage`).
     pub url: String,
     pub credential_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     pub node: String,
+    #[serde(default = "default_spool_dir")]
     pub spool_dir: PathBuf,
+    #[serde(default = "default_spool_max")]
     pub spool_max: usize,
+}
+
+impl ReportSettings {
+    /// Settings for `url` as the node's options would give them, defaults for the rest.
+    pub fn new(url: String, node: String) -> ReportSettings {
+        ReportSettings {
+            url,
+            credential_file: None,
+            ca_file: None,
+            interval: DEFAULT_INTERVAL,
+            node,
+            spool_dir: default_spool_dir(),
+            spool_max: DEFAULT_SPOOL_MAX,
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    DEFAULT_INTERVAL
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_SPOOL_DIR)
+}
+
+fn default_spool_max() -> usize {
+    DEFAULT_SPOOL_MAX
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,21 +181,17 @@ impl Settings {
                         "webhook_url {url:?} must start with http:// or https:// (the placement service's base URL)"
                     )));
                 }
-                let interval = match &raw.report_interval {
-                    None => DEFAULT_INTERVAL,
-                    Some(v) => parse_interval(v)?,
-                };
-                Some(ReportSettings {
-                    url,
-                    credential_file: raw.credential_file,
-                    ca_file: raw.ca_file,
-                    interval,
-                    node: node_name(raw.node_name)?,
-                    spool_dir: raw
-                        .spool_dir
-                        .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
-                    spool_max: raw.spool_max_reports.unwrap_or(DEFAULT_SPOOL_MAX).max(1),
-                })
+                let mut r = ReportSettings::new(url, node_name(raw.node_name)?);
+                r.credential_file = raw.credential_file;
+                r.ca_file = raw.ca_file;
+                if let Some(v) = &raw.report_interval {
+                    r.interval = parse_interval(v)?;
+                }
+                if let Some(dir) = raw.spool_dir {
+                    r.spool_dir = dir;
+                }
+                r.spool_max = raw.spool_max_reports.unwrap_or(r.spool_max).max(1);
+                Some(r)
             }
         };
         let mut runc = RuncOptions::new();
@@ -248,34 +277,26 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `10`, `"10s"`, `"500ms"`, `"2m"`; at least 100 ms.
+/// Whole seconds (`10` or `"10"`) or a humantime duration (`"10s"`, `"500ms"`, `"2m"`,
+/// `"1m 30s"`); at least 100 ms.
 pub fn parse_interval(v: &toml::Value) -> Result<Duration> {
-    let bad = || {
-        ShimError::Config(format!(
-            "report_interval {v} is not a duration; accepted: whole seconds or a string like \"10s\", \"500ms\", \"1m\" (at least 100ms)"
-        ))
-    };
     let d = match v {
-        toml::Value::Integer(n) if *n > 0 => Duration::from_secs(*n as u64),
+        toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
         toml::Value::String(s) => {
             let s = s.trim();
-            let (num, unit) = s
-                .find(|c: char| !c.is_ascii_digit())
-                .map_or((s, ""), |i| s.split_at(i));
-            let n: u64 = num.parse().map_err(|_| bad())?;
-            match unit.trim() {
-                "ms" => Duration::from_millis(n),
-                "s" | "" => Duration::from_secs(n),
-                "m" => Duration::from_secs(n.saturating_mul(60)),
-                _ => return Err(bad()),
+            // humantime wants a unit; a bare number has always meant seconds here.
+            match s.parse::<u64>() {
+                Ok(n) => Some(Duration::from_secs(n)),
+                Err(_) => humantime::parse_duration(s).ok(),
             }
         }
-        _ => return Err(bad()),
+        _ => None,
     };
-    if d < Duration::from_millis(100) {
-        return Err(bad());
-    }
-    Ok(d)
+    d.filter(|d| *d >= MIN_INTERVAL).ok_or_else(|| {
+        ShimError::Config(format!(
+            "report_interval {v} is not a duration; accepted: whole seconds or a string like \"10s\", \"500ms\", \"1m 30s\" (at least 100ms)"
+        ))
+    })
 }
 
 /// The node name reports carry: `node_name`, else `$NODE_NAME`, else the host name (lowercased).
@@ -370,13 +391,38 @@ mod tests {
 
     #[test]
     fn intervals() {
-        assert_eq!(
-            parse_interval(&toml::Value::Integer(3)).unwrap(),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            parse_interval(&toml::Value::String("2m".into())).unwrap(),
-            Duration::from_secs(120)
-        );
+        let secs = Duration::from_secs;
+        for (v, want) in [
+            (toml::Value::Integer(3), secs(3)),
+            ("3".into(), secs(3)),
+            ("2m".into(), secs(120)),
+            ("10 s".into(), secs(10)),
+            (" 500ms ".into(), Duration::from_millis(500)),
+            ("1m 30s".into(), secs(90)),
+            ("1.5s".into(), Duration::from_millis(1_500)),
+            ("100ms".into(), Duration::from_millis(100)),
+        ] {
+            assert_eq!(parse_interval(&v).unwrap(), want, "{v}");
+        }
+        for v in [
+            toml::Value::Integer(0),
+            toml::Value::Integer(-5),
+            toml::Value::Float(1.0),
+            "".into(),
+            "0".into(),
+            "99ms".into(),
+            "ms".into(),
+            "10 parsecs".into(),
+        ] {
+            let e = parse_interval(&v).unwrap_err().to_string();
+            assert!(
+                e.starts_with("conrdma: runtime options: report_interval"),
+                "{e}"
+            );
+            assert!(
+                e.contains("accepted: whole seconds or a string like"),
+                "{e}"
+            );
+        }
     }
 }
