@@ -51,6 +51,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether the pod has any `rdma.conrdma.io/` key, i.e. whether it is ours to admit or refuse.
+    pub fn asked_for(annotations: &HashMap<String, String>) -> bool {
+        annotations.keys().any(|k| k.starts_with(ANNOTATION_PREFIX))
+    }
+
     /// Reads a pod's annotations. `Ok(None)`: the pod has no `rdma.conrdma.io/` key and is not ours.
     pub fn from_annotations(
         annotations: &HashMap<String, String>,

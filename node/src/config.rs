@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{NodeError, Result};
+use crate::limiter::LimiterKind;
 use conrdma_api::rate::Rate;
 use conrdma_api::request::is_dns_label;
 
@@ -102,8 +103,8 @@ pub struct ConserveConfig {
     #[serde(default)]
     pub pools: Option<Vec<String>>,
     /// `netlink` or `simulated`; absent: the `[enforce]` limiter.
-    #[serde(default)]
-    pub limiter: Option<String>,
+    #[serde(default, deserialize_with = "conserve_limiter")]
+    pub limiter: Option<LimiterKind>,
     /// Intervals a VF must want less than its guarantee before the rest of it is lent.
     #[serde(default = "default_lend_after")]
     pub lend_after: u32,
@@ -128,6 +129,31 @@ fn metrics_addr<'de, D: serde::Deserializer<'de>>(
             "conserve.metrics_listen = {text:?} is not an IP:port address such as \"127.0.0.1:9464\""
         ))
     })
+}
+
+/// `conserve.limiter`, refused with its key and the accepted names.
+fn conserve_limiter<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<LimiterKind>, D::Error> {
+    limiter_kind(d, "conserve.limiter").map(Some)
+}
+
+/// `enforce.limiter`, as [`conserve_limiter`].
+fn enforce_limiter<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<LimiterKind, D::Error> {
+    limiter_kind(d, "enforce.limiter")
+}
+
+/// serde's own message for an unknown variant does not name the key (toml's `message()` drops
+/// the path), so the name is parsed here and the refusal says `key = "x" is not one of ...`.
+fn limiter_kind<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+) -> std::result::Result<LimiterKind, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map_err(|reason| serde::de::Error::custom(format!("{key} = {reason}")))
 }
 
 impl Default for ConserveConfig {
@@ -203,8 +229,8 @@ pub struct EnforceConfig {
     #[serde(default)]
     pub enabled: bool,
     /// `netlink` (real PFs) or `simulated` (the simulated NIC under `sysfs_root`).
-    #[serde(default = "default_limiter")]
-    pub limiter: String,
+    #[serde(default, deserialize_with = "enforce_limiter")]
+    pub limiter: LimiterKind,
     /// Runtime handlers whose pods the ConRDMA shim enforces; the plugin leaves those alone.
     #[serde(default = "default_shim_handlers")]
     pub shim_runtime_handlers: Vec<String>,
@@ -214,15 +240,12 @@ impl Default for EnforceConfig {
     fn default() -> Self {
         EnforceConfig {
             enabled: false,
-            limiter: default_limiter(),
+            limiter: LimiterKind::default(),
             shim_runtime_handlers: default_shim_handlers(),
         }
     }
 }
 
-fn default_limiter() -> String {
-    "netlink".to_string()
-}
 fn default_shim_handlers() -> Vec<String> {
     vec!["conrdma".to_string()]
 }
@@ -321,12 +344,6 @@ impl NodeConfig {
                 }
             }
         }
-        if !["netlink", "simulated"].contains(&cfg.enforce.limiter.as_str()) {
-            return Err(bad(format!(
-                "enforce.limiter = {:?} is not one of \"netlink\", \"simulated\"",
-                cfg.enforce.limiter
-            )));
-        }
         if let Some(p) = &cfg.placement {
             if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
                 return Err(bad(format!(
@@ -355,13 +372,6 @@ impl NodeConfig {
             return Err(bad(
                 "conserve.floor_mbps must be at least 1 (0 would mean no limit)".into(),
             ));
-        }
-        if let Some(l) = &c.limiter {
-            if !["netlink", "simulated"].contains(&l.as_str()) {
-                return Err(bad(format!(
-                    "conserve.limiter = {l:?} is not one of \"netlink\", \"simulated\""
-                )));
-            }
         }
         for p in c.pools.iter().flatten() {
             if p != DEFAULT_POOL && !seen_pool.contains(p.as_str()) {
@@ -396,6 +406,12 @@ impl NodeConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| NodeError::io("reading node config", path, e))?;
         Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The limiter the work-conserving controller steers through: `[conserve] limiter`, else
+    /// `[enforce] limiter`.
+    pub fn conserve_limiter(&self) -> LimiterKind {
+        self.conserve.limiter.unwrap_or(self.enforce.limiter)
     }
 
     /// The pool a PF belongs to.
@@ -452,6 +468,11 @@ mod tests {
         let c = &cfg.conserve;
         assert!(c.controls("fabric-a") && !c.controls(DEFAULT_POOL));
         assert_eq!((c.interval_ms, c.tuning().headroom), (250, 0.95));
+        assert_eq!(cfg.conserve_limiter(), LimiterKind::Simulated);
+        assert_eq!(
+            NodeConfig::default().conserve_limiter(),
+            LimiterKind::Netlink
+        );
         let all = NodeConfig::from_toml("[conserve]\nenabled = true", "t").unwrap();
         assert!(all.conserve.controls(DEFAULT_POOL) && all.conserve.controls("x"));
         let m = NodeConfig::from_toml("[conserve]\nmetrics_listen = \"127.0.0.1:9464\"", "t");
@@ -485,6 +506,7 @@ mod tests {
             ("[conserve]\ninterval_ms = 5", "conserve.interval_ms"),
             ("[conserve]\nfloor_mbps = 0", "conserve.floor_mbps"),
             ("[conserve]\nlimiter = \"tc\"", "conserve.limiter"),
+            ("[enforce]\nlimiter = \"tc\"", "enforce.limiter"),
             (
                 "[conserve]\npools = [\"gold\"]",
                 "conserve.pools names \"gold\"",

@@ -88,7 +88,7 @@ fn run(state_parent: &Path, label: &str, steered: bool) {
     let limiter = SimulatedLimiter::new(sys.path());
     if steered {
         // Runs until the process exits.
-        conserve::spawn(node.clone(), sys.path().to_path_buf()).unwrap();
+        conserve::spawn(node.clone()).unwrap();
     }
     let plugin = Plugin::new(node.clone());
     let (mut first, mut second, mut plain) = (Vec::new(), Vec::new(), Vec::new());

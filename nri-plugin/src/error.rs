@@ -29,6 +29,21 @@ pub enum PluginError {
     /// containerd's CRI could not be asked (the sweep retries).
     #[error("containerd CRI: {0}")]
     Cri(String),
+    /// The controller's Prometheus metrics could not be created (a name clash: a bug).
+    #[error("conserve metrics cannot be registered: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The metrics address is taken or not ours: a startup failure.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// A background thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 impl PluginError {
@@ -39,7 +54,11 @@ impl PluginError {
             PluginError::NotReady(_) => Code::UNAVAILABLE,
             PluginError::VfGone { .. } => Code::FAILED_PRECONDITION,
             PluginError::Malformed(_) => Code::INVALID_ARGUMENT,
-            PluginError::Nri(_) | PluginError::Setup(_) => Code::INTERNAL,
+            PluginError::Nri(_)
+            | PluginError::Setup(_)
+            | PluginError::Metrics(_)
+            | PluginError::MetricsListen { .. }
+            | PluginError::Thread { .. } => Code::INTERNAL,
             PluginError::Cri(_) => Code::UNAVAILABLE,
         }
     }

@@ -10,6 +10,7 @@ pub mod node;
 pub mod plugin;
 pub mod podnet;
 pub mod report;
+pub mod startup;
 pub mod steering;
 pub mod sweep;
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use clap::Parser;
 use conrdma_node::NodeConfig;
 use conrdma_nri::{PluginId, DEFAULT_SOCKET_PATH, SOCKET_ENV};
-use conrdma_nri_plugin::conserve;
-use conrdma_nri_plugin::plugin::{spawn_background, Overrides};
-use conrdma_nri_plugin::{NodeState, Plugin, PluginError};
+use conrdma_nri_plugin::plugin::Overrides;
+use conrdma_nri_plugin::startup::{start, MetricsBind};
+use conrdma_nri_plugin::{Plugin, PluginError};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -91,6 +91,7 @@ async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
         root: args.root.clone(),
         state_dir: args.state_dir.clone(),
         cri_socket: args.cri_socket.clone(),
+        metrics_listen: args.metrics_listen,
     };
     if prelaunched {
         // containerd passes the config in Configure; the node is set up from it.
@@ -106,17 +107,9 @@ async fn run(args: Args, prelaunched: bool) -> Result<(), PluginError> {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::default(),
     };
-    let metrics = match args.metrics_listen.or(cfg.conserve.metrics_listen) {
-        Some(addr) => Some(conserve::bind_metrics(addr)?),
-        None => None,
-    };
-    let root = overrides.root(&cfg);
-    let cri = overrides.cri_socket(&cfg);
-    let node = Arc::new(NodeState::open(&root, &overrides.state_dir(&cfg), cfg)?);
-    let telemetry = spawn_background(node.clone(), root, cri)?;
-    if let Some(listener) = metrics {
-        conserve::serve_metrics(listener, telemetry);
-    }
+    // The same start as a pre-launched plugin's first Configure, but a metrics address that
+    // cannot be bound stops it: only this process exits, containerd runs on.
+    let node = start(cfg, &overrides, MetricsBind::Required)?;
     let id = PluginId::new(args.name, args.idx)?;
     conrdma_nri::run_external(
         &args.socket,

@@ -9,7 +9,7 @@ use conrdma_api::request::KEY_ALLOCATION;
 use conrdma_api::{AllocationRecord, Request};
 use conrdma_node::discovery::{discover, CharDev};
 use conrdma_node::ledger::{Held, NetPhase, PodNet, PodRef, Reconciled};
-use conrdma_node::limiter::{LimiterSpec, RateLimiter};
+use conrdma_node::limiter::{LimiterKind, Limiters, RateLimiter};
 use conrdma_node::netns::{NetlinkNetworking, PodNetworking};
 use conrdma_node::{Inventory, Ledger, NodeConfig};
 use tracing::{debug, error, info, warn};
@@ -35,8 +35,12 @@ pub struct NodeState {
     /// RDMA devices are per network namespace (`rdma system set netns exclusive`).
     pub(crate) rdma_exclusive: bool,
     cgroup: RdmaCgroup,
-    /// Set when the node config asks the plugin to enforce rates itself (`[enforce] enabled`).
-    limiter: Option<Box<dyn RateLimiter>>,
+    /// The limiter kind the plugin enforces rates with itself, for pods not run by the shim:
+    /// `[enforce] limiter` when `[enforce] enabled` at open (a later Configure changes neither).
+    enforce: Option<LimiterKind>,
+    /// Every rate the plugin sets or reads goes through these: admission's enforcement and the
+    /// work-conserving controller share one instance per kind.
+    limiters: Limiters,
     /// Woken whenever the ledger changes, so the node report goes out at once.
     pub changed: tokio::sync::Notify,
     /// Admission's handshake with the work-conserving controller.
@@ -59,7 +63,8 @@ impl NodeState {
         Self::open_with(root, state_dir, cfg, net)
     }
 
-    /// [`NodeState::open`] with the pod-network step given (tests inject theirs).
+    /// [`NodeState::open`] with the pod-network step given (tests inject theirs); rate limiters
+    /// are the real ones (see [`NodeState::with_limiter`]).
     pub fn open_with(
         root: &Path,
         state_dir: &Path,
@@ -71,15 +76,7 @@ impl NodeState {
         let ledger = Ledger::open(state_dir)?;
         inventory.keep_lent(ledger.lent());
         let cgroup = RdmaCgroup::detect(&cfg.cgroup_root);
-        let limiter = cfg.enforce.enabled.then(|| {
-            let spec = match cfg.enforce.limiter.as_str() {
-                "simulated" => LimiterSpec::Simulated {
-                    root: root.to_path_buf(),
-                },
-                _ => LimiterSpec::Netlink,
-            };
-            spec.build()
-        });
+        let enforce = cfg.enforce.enabled.then_some(cfg.enforce.limiter);
         // Asked only where a pool moves VFs: other nodes never touch RDMA netlink.
         let rdma_exclusive =
             cfg.pools.iter().any(|p| p.network.is_some()) && crate::podnet::rdma_exclusive();
@@ -100,10 +97,29 @@ impl NodeState {
             net_lock: Mutex::new(()),
             rdma_exclusive,
             cgroup,
-            limiter,
+            enforce,
+            limiters: Limiters::new(root),
             changed: tokio::sync::Notify::new(),
             steering: Steering::default(),
         })
+    }
+
+    /// This node with every rate set, read and reset (admission's enforcement, release, the
+    /// work-conserving controller) going to `limiter`, whatever kind the config names: tests
+    /// watch what reaches the hardware.
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> NodeState {
+        self.limiters = Limiters::only(limiter);
+        self
+    }
+
+    /// The node's limiter of this kind.
+    pub fn limiter(&self, kind: LimiterKind) -> Arc<dyn RateLimiter> {
+        self.limiters.get(kind).clone()
+    }
+
+    /// The limiter the plugin enforces rates with, where it does.
+    fn enforcer(&self) -> Option<&Arc<dyn RateLimiter>> {
+        self.enforce.map(|kind| self.limiters.get(kind))
     }
 
     pub fn config(&self) -> Arc<NodeConfig> {
@@ -176,7 +192,7 @@ impl NodeState {
         if fresh && record.start_max_mbps.is_some() {
             self.make_room(pod, &record, &cfg);
         }
-        if let (true, true, Some(limiter)) = (fresh, enforce, &self.limiter) {
+        if let (true, true, Some(limiter)) = (fresh, enforce, self.enforcer()) {
             match limiter.set(&record.pf, record.vf, record.start_rate()) {
                 Ok(applied) if !applied.min_enforced => {
                     warn!(pod_id = %pod.id, pf = %record.pf, vf = record.vf, note = ?applied.note, "guarantee not enforced in hardware; the limit is")
@@ -247,7 +263,7 @@ impl NodeState {
 
     /// Whether the plugin itself holds pods of this runtime handler to their rate.
     fn enforces(&self, cfg: &NodeConfig, runtime_handler: &str) -> bool {
-        self.limiter.is_some()
+        self.enforce.is_some()
             && !cfg
                 .enforce
                 .shim_runtime_handlers
@@ -271,7 +287,7 @@ impl NodeState {
     }
 
     fn reset_rate(&self, h: &Held) {
-        if let (true, Some(limiter)) = (h.plugin_enforced, &self.limiter) {
+        if let (true, Some(limiter)) = (h.plugin_enforced, self.enforcer()) {
             // Idempotent; a failure leaves a stale limit on a now-free VF, which the next
             // allocation of that VF overwrites.
             if let Err(e) = limiter.reset(&h.record.pf, h.record.vf) {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use conrdma_api::Request;
 use conrdma_node::ledger::PodRef;
@@ -16,6 +15,7 @@ use tracing::{error, info, info_span, warn};
 use crate::adjust::adjustment;
 use crate::error::PluginError;
 use crate::node::NodeState;
+use crate::startup::MetricsBind;
 
 /// Where the ledger lives unless told otherwise. /run is a tmpfs on nodes: the ledger survives
 /// plugin and containerd restarts (which keep pods running) and is cleared by a reboot (which
@@ -28,6 +28,8 @@ pub struct Overrides {
     pub root: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub cri_socket: Option<PathBuf>,
+    /// Where to serve the controller's metrics (`--metrics-listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Overrides {
@@ -43,6 +45,10 @@ impl Overrides {
             .clone()
             .or_else(|| cfg.state_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+
+    pub fn metrics_listen(&self, cfg: &NodeConfig) -> Option<std::net::SocketAddr> {
+        self.metrics_listen.or(cfg.conserve.metrics_listen)
     }
 
     pub fn cri_socket(&self, cfg: &NodeConfig) -> PathBuf {
@@ -87,40 +93,7 @@ impl Plugin {
         &self,
         req: &CreateContainerRequest,
     ) -> Result<CreateContainerResponse, PluginError> {
-        let pod = req.pod.as_ref().ok_or(PluginError::Malformed("a pod"))?;
-        let ctr = req
-            .container
-            .as_ref()
-            .ok_or(PluginError::Malformed("a container"))?;
-        let span = info_span!("create_container", pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name), container_id = %ctr.id, container = %ctr.name);
-        let _g = span.enter();
-        let mut resp = CreateContainerResponse::new();
-        let Some(request) = Request::from_annotations(&pod.annotations)
-            .inspect_err(|e| warn!(error = %e, "refused"))?
-        else {
-            return Ok(resp);
-        };
-        let netns = crate::podnet::pod_netns(pod);
-        let grant = self
-            .node()?
-            .grant(
-                &pod_ref(pod),
-                &request,
-                &pod.runtime_handler,
-                netns.as_deref(),
-            )
-            .inspect_err(|e| warn!(error = %e, "refused"))?;
-        let rec = &grant.record;
-        if grant.fresh {
-            info!(pool = %rec.pool, pf = %rec.pf, vf = rec.vf, rdma_device = %rec.rdma_device,
-                  guaranteed_mbps = rec.guaranteed_mbps, limit_mbps = rec.limit_mbps, "admitted");
-        }
-        if !request.applies_to(&ctr.name) {
-            info!("container not listed in rdma.conrdma.io/containers: left untouched");
-            return Ok(resp);
-        }
-        resp.adjust = Some(adjustment(rec, &grant.uverbs, grant.rdma_cm.as_ref())).into();
-        Ok(resp)
+        create_on(|| self.node(), req)
     }
 
     /// RunPodSandbox: a pod with its own network namespace is admitted here, before any of its
@@ -169,18 +142,7 @@ impl Plugin {
         match existing {
             Some(node) => node.set_config(cfg),
             None => {
-                let (root, state) = (self.overrides.root(&cfg), self.overrides.state_dir(&cfg));
-                let metrics = cfg.conserve.metrics_listen;
-                let cri = self.overrides.cri_socket(&cfg);
-                let node = Arc::new(NodeState::open(&root, &state, cfg)?);
-                let telemetry = spawn_background(node.clone(), root, cri)?;
-                if let Some(addr) = metrics {
-                    // Not fatal: the plugin must not fail Configure (containerd would exit).
-                    match crate::conserve::bind_metrics(addr) {
-                        Ok(l) => crate::conserve::serve_metrics(l, telemetry),
-                        Err(e) => error!(error = %e, "metrics are not served"),
-                    }
-                }
+                let node = crate::startup::start(cfg, &self.overrides, MetricsBind::BestEffort)?;
                 *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
                 Ok(())
             }
@@ -188,33 +150,81 @@ impl Plugin {
     }
 }
 
-/// Starts the node's background work: sysfs rescans, node reports, the ledger sweep against
-/// containerd's CRI at `cri_socket`, and the work-conserving controller (which reads VFs under
-/// `root`; idle unless `[conserve]` enables it).
-pub fn spawn_background(
-    node: Arc<NodeState>,
-    root: PathBuf,
-    cri_socket: PathBuf,
-) -> Result<Arc<crate::conserve::Telemetry>, PluginError> {
-    crate::report::spawn_node_reporter(node.clone());
-    spawn_refresher(node.clone());
-    crate::sweep::spawn_sweeper(node.clone(), cri_socket)?;
-    crate::conserve::spawn(node, root)
+/// CreateContainer's work on whichever node `node` yields (asked only for pods with ConRDMA
+/// annotations, so a node that is not ready refuses only those).
+fn create_on(
+    node: impl FnOnce() -> Result<Arc<NodeState>, PluginError>,
+    req: &CreateContainerRequest,
+) -> Result<CreateContainerResponse, PluginError> {
+    let pod = req.pod.as_ref().ok_or(PluginError::Malformed("a pod"))?;
+    let ctr = req
+        .container
+        .as_ref()
+        .ok_or(PluginError::Malformed("a container"))?;
+    let span = info_span!("create_container", pod_id = %pod.id, pod = %format!("{}/{}", pod.namespace, pod.name), container_id = %ctr.id, container = %ctr.name);
+    let _g = span.enter();
+    let mut resp = CreateContainerResponse::new();
+    let Some(request) = Request::from_annotations(&pod.annotations)
+        .inspect_err(|e| warn!(error = %e, "refused"))?
+    else {
+        return Ok(resp);
+    };
+    let netns = crate::podnet::pod_netns(pod);
+    let grant = node()?
+        .grant(
+            &pod_ref(pod),
+            &request,
+            &pod.runtime_handler,
+            netns.as_deref(),
+        )
+        .inspect_err(|e| warn!(error = %e, "refused"))?;
+    let rec = &grant.record;
+    if grant.fresh {
+        info!(pool = %rec.pool, pf = %rec.pf, vf = rec.vf, rdma_device = %rec.rdma_device,
+              guaranteed_mbps = rec.guaranteed_mbps, limit_mbps = rec.limit_mbps, "admitted");
+    }
+    if !request.applies_to(&ctr.name) {
+        info!("container not listed in rdma.conrdma.io/containers: left untouched");
+        return Ok(resp);
+    }
+    resp.adjust = Some(adjustment(rec, &grant.uverbs, grant.rdma_cm.as_ref())).into();
+    Ok(resp)
 }
 
-/// Rescans sysfs periodically; discovery never runs on the CreateContainer path.
-fn spawn_refresher(node: Arc<NodeState>) {
-    let every = Duration::from_secs(node.config().refresh_seconds.max(1));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = node.refresh() {
-                warn!(error = %e, "rescan failed; keeping the previous inventory");
-            }
-        }
+/// Synchronize's work: the ledger reconciled with the pods and containers containerd holds.
+fn synchronize_on(
+    node: &NodeState,
+    req: &SynchronizeRequest,
+) -> Result<Vec<ContainerUpdate>, RpcError> {
+    let pods = req.pods.iter().map(|p| {
+        (
+            pod_ref(p),
+            p.runtime_handler.as_str(),
+            crate::podnet::pod_netns(p),
+        )
     });
+    let ctrs = req
+        .containers
+        .iter()
+        .map(|c| (c.pod_sandbox_id.as_str(), &c.annotations));
+    let out = node.reconcile(pods, ctrs).map_err(|e| {
+        error!(error = %e, "reconcile failed");
+        RpcError::from(e)
+    })?;
+    for h in &out.released {
+        let p = &h.pod;
+        info!(pod_id = %p.id, pod = %format!("{}/{}", p.namespace, p.name), "released: pod is gone");
+    }
+    for p in &out.adopted {
+        info!(pod_id = %p.id, pod = %format!("{}/{}", p.namespace, p.name), "adopted allocation recorded on a live container");
+    }
+    info!(
+        pods = req.pods.len(),
+        containers = req.containers.len(),
+        held = node.held().len(),
+        "synchronized"
+    );
+    Ok(vec![])
 }
 
 fn pod_ref(pod: &PodSandbox) -> PodRef {
@@ -250,42 +260,37 @@ impl conrdma_nri::Handler for Plugin {
 
     async fn synchronize(&self, req: SynchronizeRequest) -> Result<Vec<ContainerUpdate>, RpcError> {
         let node = self.node().map_err(RpcError::from)?;
-        let pods = req.pods.iter().map(|p| {
-            (
-                pod_ref(p),
-                p.runtime_handler.as_str(),
-                crate::podnet::pod_netns(p),
-            )
-        });
-        let ctrs = req
-            .containers
-            .iter()
-            .map(|c| (c.pod_sandbox_id.as_str(), &c.annotations));
-        let out = node.reconcile(pods, ctrs).map_err(|e| {
-            error!(error = %e, "reconcile failed");
-            RpcError::from(e)
-        })?;
-        for h in &out.released {
-            let p = &h.pod;
-            info!(pod_id = %p.id, pod = %format!("{}/{}", p.namespace, p.name), "released: pod is gone");
-        }
-        for p in &out.adopted {
-            info!(pod_id = %p.id, pod = %format!("{}/{}", p.namespace, p.name), "adopted allocation recorded on a live container");
-        }
-        info!(
-            pods = req.pods.len(),
-            containers = req.containers.len(),
-            held = node.held().len(),
-            "synchronized"
-        );
-        Ok(vec![])
+        // Reconciling writes the ledger and may bring VF netdevs home: a blocking thread's work.
+        tokio::task::spawn_blocking(move || synchronize_on(&node, &req))
+            .await
+            .map_err(|e| {
+                RpcError::from(PluginError::Setup(format!("Synchronize work stopped: {e}")))
+            })?
     }
 
     async fn create_container(
         &self,
         req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse, RpcError> {
-        self.create(&req).map_err(RpcError::from)
+        // Pods that ask for nothing pass straight through. Admission writes the ledger (fsync) and
+        // may wait for the controller to make room, so it runs on a blocking thread: the NRI
+        // workers stay free for other pods' requests and the runtime's own events.
+        let asked = req
+            .pod
+            .as_ref()
+            .is_some_and(|p| Request::asked_for(&p.annotations));
+        if !asked && req.container.is_some() {
+            return Ok(CreateContainerResponse::new());
+        }
+        let node = self.node();
+        tokio::task::spawn_blocking(move || create_on(move || node, &req))
+            .await
+            .map_err(|e| {
+                RpcError::from(PluginError::Setup(format!(
+                    "CreateContainer work stopped: {e}"
+                )))
+            })?
+            .map_err(RpcError::from)
     }
 
     async fn state_change(&self, ev: StateChangeEvent) -> Result<(), RpcError> {

@@ -18,7 +18,8 @@
 pub mod netlink;
 pub mod simulated;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +77,7 @@ pub struct Applied {
 
 /// Sets and reads one VF's rates and counters on a PF.
 pub trait RateLimiter: Send + Sync {
-    /// Which implementation this is ("netlink", "simulated"), for logs.
+    /// Which implementation this is ([`LimiterKind::as_str`] for the two built here), for logs.
     fn kind(&self) -> &'static str;
 
     /// Sets the VF's rates. Where the driver refuses the minimum, sets the maximum alone and
@@ -95,9 +96,113 @@ pub trait RateLimiter: Send + Sync {
     }
 }
 
-/// Which limiter to build, as written in configs (`limiter = "netlink"` or `"simulated"` with a
-/// `sysfs_root`). Serialisable so a process can record what it used and a later cleanup can
-/// build the same one.
+/// Which limiter a config asks for: `limiter = "netlink"` (real PFs) or `"simulated"` (the
+/// simulated NIC's files under a sysfs root).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LimiterKind {
+    #[default]
+    Netlink,
+    Simulated,
+}
+
+impl LimiterKind {
+    pub const ALL: [LimiterKind; 2] = [LimiterKind::Netlink, LimiterKind::Simulated];
+
+    /// The name configs use (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimiterKind::Netlink => "netlink",
+            LimiterKind::Simulated => "simulated",
+        }
+    }
+
+    /// The accepted names, quoted, for refusals: `"netlink", "simulated"`.
+    pub fn accepted() -> String {
+        let names: Vec<String> = Self::ALL
+            .iter()
+            .map(|k| format!("{:?}", k.as_str()))
+            .collect();
+        names.join(", ")
+    }
+
+    /// The limiter of this kind on a node whose sysfs is under `root` (where a simulated NIC is).
+    pub fn spec(self, root: &Path) -> LimiterSpec {
+        match self {
+            LimiterKind::Netlink => LimiterSpec::Netlink,
+            LimiterKind::Simulated => LimiterSpec::Simulated {
+                root: root.to_path_buf(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for LimiterKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LimiterKind {
+    type Err = String;
+
+    /// Refused with the name and the accepted ones; callers put the config key in front.
+    fn from_str(s: &str) -> std::result::Result<LimiterKind, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of {}", Self::accepted()))
+    }
+}
+
+/// A node's rate limiters, one per [`LimiterKind`], so every user on the node (admission, the
+/// work-conserving controller) shares one instance of the kind its config names. Tests give one
+/// limiter for every kind, to watch what reaches the "hardware".
+#[derive(Clone)]
+pub struct Limiters {
+    netlink: Arc<dyn RateLimiter>,
+    simulated: Arc<dyn RateLimiter>,
+}
+
+impl Limiters {
+    /// The real ones; a simulated NIC lives under `root`. Building either is cheap (no socket
+    /// or file is opened until a call).
+    pub fn new(root: &Path) -> Limiters {
+        Limiters {
+            netlink: LimiterKind::Netlink.spec(root).build().into(),
+            simulated: LimiterKind::Simulated.spec(root).build().into(),
+        }
+    }
+
+    /// `limiter` whichever kind is asked for.
+    pub fn only(limiter: Arc<dyn RateLimiter>) -> Limiters {
+        Limiters {
+            netlink: limiter.clone(),
+            simulated: limiter,
+        }
+    }
+
+    pub fn get(&self, kind: LimiterKind) -> &Arc<dyn RateLimiter> {
+        match kind {
+            LimiterKind::Netlink => &self.netlink,
+            LimiterKind::Simulated => &self.simulated,
+        }
+    }
+}
+
+impl std::fmt::Debug for Limiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiters")
+            .field("netlink", &self.netlink.kind())
+            .field("simulated", &self.simulated.kind())
+            .finish()
+    }
+}
+
+/// Which limiter to build, with what it needs: the resolved form of a [`LimiterKind`].
+/// Serialisable so a process can record what it used and a later cleanup can build the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LimiterSpec {
@@ -155,5 +260,23 @@ mod tests {
             LimiterSpec::Netlink
         );
         assert_eq!(LimiterSpec::Netlink.build().kind(), "netlink");
+    }
+
+    #[test]
+    fn kinds_are_named_as_in_configs() {
+        for k in LimiterKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("{:?}", k.as_str()));
+            assert_eq!(serde_json::from_str::<LimiterKind>(&json).unwrap(), k);
+            assert_eq!(k.as_str().parse::<LimiterKind>().unwrap(), k);
+            assert_eq!(k.spec(Path::new("/r")).build().kind(), k.as_str());
+        }
+        assert_eq!(
+            "tc".parse::<LimiterKind>().unwrap_err(),
+            r#""tc" is not one of "netlink", "simulated""#
+        );
+        let sim = Limiters::new(Path::new("/r"));
+        assert_eq!(sim.get(LimiterKind::Simulated).kind(), "simulated");
+        assert_eq!(sim.get(LimiterKind::Netlink).kind(), "netlink");
     }
 }

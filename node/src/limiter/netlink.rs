@@ -90,7 +90,7 @@ impl NetlinkLimiter {
 
 impl RateLimiter for NetlinkLimiter {
     fn kind(&self) -> &'static str {
-        "netlink"
+        super::LimiterKind::Netlink.as_str()
     }
 
     fn set(&self, pf: &str, vf: u32, rate: VfRate) -> Result<Applied> {

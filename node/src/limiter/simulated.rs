@@ -133,7 +133,7 @@ fn write_value(path: &Path, value: u64, in_place: bool) -> Result<()> {
 
 impl RateLimiter for SimulatedLimiter {
     fn kind(&self) -> &'static str {
-        "simulated"
+        super::LimiterKind::Simulated.as_str()
     }
 
     fn set(&self, pf: &str, vf: u32, rate: VfRate) -> Result<Applied> {

@@ -1,73 +1,29 @@
-//! The work-conserving bandwidth controller of the node daemon (docs/conserve.md).
-//!
-//! One thread per plugin. Four times per interval it reads the transmit counter of every allocated
-//! VF in a pool it steers; every interval, and at once when a VF that lent part of its guarantee
-//! runs at its lowered cap, it decides new maxima per PF with [`conrdma_api::conserve`] and sets
-//! the ones that change through the same [`RateLimiter`] the shim uses (decreases first, so the
-//! PF's sum stays within line x headroom). It reads the ledger and the config but never holds the
-//! ledger while it talks to the hardware. CreateContainer waits for it only when it admits a pod
-//! to a steered pool, for the round that makes room for the pod's start maximum
-//! ([`crate::steering`]).
-//!
-//! Who owns a VF's rate: the runtime (shim, or the plugin's own enforcement) sets the allocation's
-//! start rate (`max = guarantee`, at least 1 Mbps, `min = guarantee`) when the pod starts and
-//! resets it when the pod goes. From the first decision after that until the pod leaves the
-//! ledger (or its pool is switched off), the controller owns `max_tx_rate` and keeps it within
-//! `[floor, limit]`, never below the guarantee while it is wanted. A VF without a rate (the
-//! runtime has not set it yet, or has already reset it) is left alone and counted at its start
-//! maximum for up to [`PENDING`]. A VF that leaves the ledger is reset
-//! if the controller was the last to change it and no other pod holds it; a VF whose pool is
-//! switched off gets its allocation's static rate back.
+//! The control loop: follows the ledger, samples counters, decides per PF and applies the
+//! decisions through the node's limiter of the configured kind.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conrdma_api::conserve::{reclaim_due, Controller, Observation, RateMeter};
 use conrdma_node::ledger::Held;
-use conrdma_node::limiter::{LimiterSpec, RateLimiter, VfRate};
+use conrdma_node::limiter::{RateLimiter, VfRate};
 use conrdma_node::NodeConfig;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tracing::{debug, info, warn};
 
-use crate::error::PluginError;
+use super::telemetry::{PfRow, Telemetry, VfRow};
+use super::{VfKey, PENDING};
 use crate::node::NodeState;
 
 /// Counter samples per interval.
 const SAMPLES: u32 = 4;
-/// How long a VF without a rate is left to its runtime before the controller sets one.
-pub const PENDING: Duration = Duration::from_secs(30);
 /// How often a switched-off controller looks at the config again.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// A VF as the controller tracks it: the pod holding it and the VF, so a VF that changes hands
-/// starts afresh.
-type Key = (String, u32);
-
-/// Starts the controller thread; what it does is published in the returned telemetry.
-pub fn spawn(node: Arc<NodeState>, root: PathBuf) -> Result<Arc<Telemetry>, PluginError> {
-    let telemetry =
-        Arc::new(Telemetry::new().map_err(|e| {
-            PluginError::Setup(format!("conserve metrics cannot be registered: {e}"))
-        })?);
-    let t = telemetry.clone();
-    std::thread::Builder::new()
-        .name("conrdma-conserve".into())
-        .spawn(move || Loop::new(node, root, t).run())
-        .map_err(|e| {
-            PluginError::Setup(format!(
-                "cannot start the work-conserving controller thread: {e}"
-            ))
-        })?;
-    Ok(telemetry)
-}
-
+/// What the controller keeps of one steered VF (its PF, index and pod are its [`VfKey`]).
 struct Vf {
     pool: String,
-    pf: String,
-    vf: u32,
+    /// `namespace/name` of the pod, for metrics.
     pod: String,
     guarantee: u64,
     limit: u64,
@@ -85,22 +41,21 @@ struct Vf {
     failing: bool,
 }
 
-struct Loop {
+pub(super) struct Loop {
     node: Arc<NodeState>,
-    root: PathBuf,
     telemetry: Arc<Telemetry>,
-    vfs: BTreeMap<(String, Key), Vf>,
-    ctls: BTreeMap<String, Controller<Key>>,
+    vfs: BTreeMap<VfKey, Vf>,
+    /// One controller per PF with steered VFs.
+    ctls: BTreeMap<String, Controller<VfKey>>,
     epoch: Instant,
     next_decision: Instant,
 }
 
 impl Loop {
-    fn new(node: Arc<NodeState>, root: PathBuf, telemetry: Arc<Telemetry>) -> Loop {
+    pub(super) fn new(node: Arc<NodeState>, telemetry: Arc<Telemetry>) -> Loop {
         let now = Instant::now();
         Loop {
             node,
-            root,
             telemetry,
             vfs: BTreeMap::new(),
             ctls: BTreeMap::new(),
@@ -109,10 +64,9 @@ impl Loop {
         }
     }
 
-    fn run(mut self) {
+    pub(super) fn run(mut self) {
         self.node.steering.attach();
         let mut was_on = false;
-        let mut limiter: Option<(LimiterSpec, Box<dyn RateLimiter>)> = None;
         let mut next_sample = Instant::now();
         loop {
             let cfg = self.node.config();
@@ -123,22 +77,16 @@ impl Loop {
                     interval_ms = c.interval_ms,
                     headroom = c.headroom,
                     pools = ?c.pools,
+                    limiter = %cfg.conserve_limiter(),
                     "work-conserving controller {}",
                     if c.enabled { "on" } else { "off" }
                 );
                 was_on = c.enabled;
             }
             let started = Instant::now();
-            let spec = self.limiter_spec(&cfg);
-            if limiter.as_ref().is_none_or(|(s, _)| *s != spec) {
-                let built = spec.build();
-                limiter = Some((spec, built));
-            }
             // Admissions wake the loop between samples; the sampling cadence stays the same.
             let sample = started >= next_sample;
-            if let Some((_, l)) = &limiter {
-                self.tick(&cfg, l.as_ref(), started, sample);
-            }
+            self.tick(&cfg, started, sample);
             if sample {
                 let pause = if c.enabled {
                     Duration::from_millis(c.interval_ms) / SAMPLES
@@ -153,27 +101,14 @@ impl Loop {
         }
     }
 
-    /// `[conserve] limiter`, else `[enforce] limiter`; a simulated NIC lives under the root.
-    fn limiter_spec(&self, cfg: &NodeConfig) -> LimiterSpec {
-        let kind = cfg
-            .conserve
-            .limiter
-            .as_deref()
-            .unwrap_or(cfg.enforce.limiter.as_str());
-        match kind {
-            "simulated" => LimiterSpec::Simulated {
-                root: self.root.clone(),
-            },
-            _ => LimiterSpec::Netlink,
-        }
-    }
-
     /// One sampling round, which answers the admissions that asked for a decision before it began.
     /// `sample`: a round of the regular cadence, which reads every VF's counters; otherwise an
-    /// admission woke the controller and only PFs with new VFs are decided.
-    fn tick(&mut self, cfg: &NodeConfig, lim: &dyn RateLimiter, now: Instant, sample: bool) {
+    /// admission woke the controller and only PFs with new VFs are decided. The limiter is the
+    /// node's of the kind the config names now, so a Configure that switches it takes effect here.
+    fn tick(&mut self, cfg: &NodeConfig, now: Instant, sample: bool) {
+        let lim = self.node.limiter(cfg.conserve_limiter());
         let ticket = self.node.steering.begin();
-        self.round(cfg, lim, now, sample);
+        self.round(cfg, lim.as_ref(), now, sample);
         self.node.steering.finish(ticket);
     }
 
@@ -186,16 +121,21 @@ impl Loop {
         }
         let held = self.node.held();
         let inv = self.node.inventory();
-        let mut current: BTreeMap<(String, Key), &Held> = BTreeMap::new();
+        let mut current: BTreeMap<VfKey, &Held> = BTreeMap::new();
         if c.enabled {
             for h in &held {
                 let r = &h.record;
                 if c.controls(&r.pool) && inv.pf(&r.pf).is_some() {
-                    current.insert((r.pf.clone(), (h.pod.id.clone(), r.vf)), h);
+                    let key = VfKey {
+                        pf: r.pf.clone(),
+                        pod_id: h.pod.id.clone(),
+                        vf: r.vf,
+                    };
+                    current.insert(key, h);
                 }
             }
         }
-        let gone: Vec<(String, Key)> = self
+        let gone: Vec<VfKey> = self
             .vfs
             .keys()
             .filter(|k| !current.contains_key(*k))
@@ -203,11 +143,11 @@ impl Loop {
             .collect();
         for k in gone {
             if let Some(v) = self.vfs.remove(&k) {
-                self.leave(lim, &k.1 .0, v, &held);
+                self.leave(lim, &k, v, &held);
             }
         }
         self.ctls
-            .retain(|pf, _| current.keys().any(|(p, _)| p == pf));
+            .retain(|pf, _| current.keys().any(|k| &k.pf == pf));
         if current.is_empty() {
             self.publish();
             return;
@@ -228,8 +168,6 @@ impl Loop {
                 k.clone(),
                 Vf {
                     pool: r.pool.clone(),
-                    pf: r.pf.clone(),
-                    vf: r.vf,
                     pod: format!("{}/{}", h.pod.namespace, h.pod.name),
                     guarantee: r.guaranteed_mbps,
                     limit: r.limit_mbps,
@@ -254,25 +192,25 @@ impl Loop {
         // Sample every VF's counter; note PFs where a lender is back or a bare VF got its rate.
         let at = now.duration_since(self.epoch).as_secs_f64();
         for (k, v) in self.vfs.iter_mut() {
-            let (pf, vf) = (v.pf.clone(), v.vf);
+            let (pf, vf) = (&k.pf, k.vf);
             // A VF without a rate is watched for its runtime setting one, to decide at once.
-            if v.max == 0 && lim.get(&pf, vf).is_ok_and(|r| r.max_mbps != 0) {
+            if v.max == 0 && lim.get(pf, vf).is_ok_and(|r| r.max_mbps != 0) {
                 due.insert(pf.clone());
             }
-            match lim.counters(&pf, vf) {
+            match lim.counters(pf, vf) {
                 Ok(cn) => {
                     v.failing = false;
                     if let Some(rate) = v.meter.sample(at, cn.tx_bytes) {
                         if reclaim_due(rate, v.max, v.guarantee, &tuning) {
-                            debug!(pod_id = %k.1 .0, pf = %pf, vf, rate_mbps = rate, max_mbps = v.max, "lender runs at its cap: taking the loan back now");
+                            debug!(pod_id = %k.pod_id, pf = %pf, vf, rate_mbps = rate, max_mbps = v.max, "lender runs at its cap: taking the loan back now");
                             due.insert(pf.clone());
                         }
                     }
                 }
                 Err(e) => {
-                    self.telemetry.errors.with_label_values(&["counters"]).inc();
+                    self.telemetry.failed("counters");
                     if !v.failing {
-                        warn!(pod_id = %k.1 .0, pf = %pf, vf, error = %e, "cannot read the VF's counters");
+                        warn!(pod_id = %k.pod_id, pf = %pf, vf, error = %e, "cannot read the VF's counters");
                         v.failing = true;
                     }
                 }
@@ -286,7 +224,7 @@ impl Loop {
                 self.next_decision = now + every;
             }
         }
-        let pfs: BTreeSet<String> = self.vfs.values().map(|v| v.pf.clone()).collect();
+        let pfs: BTreeSet<String> = self.vfs.keys().map(|k| k.pf.clone()).collect();
         for pf in pfs {
             if regular || due.contains(&pf) {
                 self.decide(cfg, lim, &pf, now, !regular);
@@ -305,20 +243,10 @@ impl Loop {
         early: bool,
     ) {
         let tuning = cfg.conserve.tuning();
-        let keys: Vec<(String, Key)> = self
-            .vfs
-            .iter()
-            .filter(|(_, v)| v.pf == pf)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut obs = Vec::with_capacity(keys.len());
+        let mut obs = Vec::new();
         let mut line = 0;
-        for k in &keys {
-            let Some(v) = self.vfs.get_mut(k) else {
-                continue;
-            };
-            let (pfn, vf) = (v.pf.clone(), v.vf);
-            let read = lim.get(&pfn, vf);
+        for (k, v) in self.vfs.iter_mut().filter(|(k, _)| k.pf == pf) {
+            let read = lim.get(&k.pf, k.vf);
             line = line.max(v.line);
             let measured = v.meter.take_peak();
             v.measured = measured.or(v.measured);
@@ -334,9 +262,9 @@ impl Loop {
                     }
                 }
                 Err(e) => {
-                    self.telemetry.errors.with_label_values(&["get"]).inc();
+                    self.telemetry.failed("get");
                     if !v.failing {
-                        warn!(pod_id = %k.1 .0, pf = %pfn, vf, error = %e, "cannot read the VF's rate; leaving it alone");
+                        warn!(pod_id = %k.pod_id, pf = %k.pf, vf = k.vf, error = %e, "cannot read the VF's rate; leaving it alone");
                         v.failing = true;
                     }
                     // Counted at its limit, the most it can have.
@@ -344,7 +272,7 @@ impl Loop {
                 }
             };
             obs.push(Observation {
-                key: k.1.clone(),
+                key: k.clone(),
                 guarantee_mbps: v.guarantee,
                 limit_mbps: v.limit,
                 current_max_mbps: current,
@@ -352,18 +280,17 @@ impl Loop {
                 pinned,
             });
         }
-        let decisions = self
+        let ctl = self
             .ctls
             .entry(pf.to_string())
             .or_insert_with(|| Controller::new(tuning));
-        decisions.tuning = tuning;
-        let decisions = decisions.step(line, &obs);
+        ctl.tuning = tuning;
+        let decisions = ctl.step(line, &obs);
         if early {
-            self.telemetry.reclaims.with_label_values(&[pf]).inc();
+            self.telemetry.early(pf);
         }
         let mut decrease_failed = false;
         for d in decisions {
-            let k = (pf.to_string(), d.key.clone());
             if !d.changed {
                 continue;
             }
@@ -372,23 +299,24 @@ impl Loop {
                 // The sum would run over: raise nothing until the decreases go through.
                 continue;
             }
-            let result = lim.set(pf, d.key.1, d.rate);
-            let Some(v) = self.vfs.get_mut(&k) else {
+            let k = &d.key;
+            let result = lim.set(pf, k.vf, d.rate);
+            let Some(v) = self.vfs.get_mut(k) else {
                 continue;
             };
             match result {
                 Ok(applied) => {
-                    debug!(pod_id = %d.key.0, pf, vf = d.key.1, from_mbps = d.previous_max_mbps,
+                    debug!(pod_id = %k.pod_id, pf, vf = k.vf, from_mbps = d.previous_max_mbps,
                            max_mbps = applied.applied.max_mbps, demand = ?d.demand, early, "VF max rate steered");
                     v.max = applied.applied.max_mbps;
                     v.touched = true;
-                    self.telemetry.changes.with_label_values(&[pf]).inc();
+                    self.telemetry.changed(pf);
                 }
                 Err(e) => {
                     decrease_failed |= !up;
-                    self.telemetry.errors.with_label_values(&["set"]).inc();
+                    self.telemetry.failed("set");
                     if !v.failing {
-                        warn!(pod_id = %d.key.0, pf, vf = d.key.1, error = %e, "cannot steer the VF's max rate");
+                        warn!(pod_id = %k.pod_id, pf, vf = k.vf, error = %e, "cannot steer the VF's max rate");
                         v.failing = true;
                     }
                 }
@@ -398,9 +326,10 @@ impl Loop {
 
     /// A VF the controller no longer steers: its pod left the ledger, or its pool (or the whole
     /// controller) was switched off.
-    fn leave(&self, limiter: &dyn RateLimiter, pod_id: &str, v: Vf, held: &[Held]) {
+    fn leave(&self, limiter: &dyn RateLimiter, k: &VfKey, v: Vf, held: &[Held]) {
+        let (pod_id, pf, vf) = (k.pod_id.as_str(), k.pf.as_str(), k.vf);
         let still_held = held.iter().find(|h| h.pod.id == pod_id);
-        info!(pod_id = %pod_id, pf = %v.pf, vf = v.vf, held = still_held.is_some(), "work-conserving controller lets go of this VF");
+        info!(pod_id = %pod_id, pf = %pf, vf, held = still_held.is_some(), "work-conserving controller lets go of this VF");
         if !v.touched {
             return;
         }
@@ -408,40 +337,39 @@ impl Loop {
             // Switched off: back to the allocation's static rate.
             Some(h) => VfRate::new(h.record.guaranteed_mbps, h.record.limit_mbps),
             None => {
-                if held
-                    .iter()
-                    .any(|h| h.record.pf == v.pf && h.record.vf == v.vf)
-                {
+                if held.iter().any(|h| h.record.pf == pf && h.record.vf == vf) {
                     // Another pod holds it now; its runtime sets its rate.
                     return;
                 }
                 VfRate::NONE
             }
         };
-        match limiter.get(&v.pf, v.vf) {
+        match limiter.get(pf, vf) {
             Ok(r) if r.max_mbps == target.max_mbps => {}
             // The runtime reset it already (pod gone): leave it.
             Ok(r) if r == VfRate::NONE && still_held.is_none() => {}
             _ => {
-                if let Err(e) = limiter.set(&v.pf, v.vf, target) {
-                    self.telemetry.errors.with_label_values(&["set"]).inc();
-                    warn!(pod_id = %pod_id, pf = %v.pf, vf = v.vf, error = %e, "cannot hand the VF's rate back");
+                if let Err(e) = limiter.set(pf, vf, target) {
+                    self.telemetry.failed("set");
+                    warn!(pod_id = %pod_id, pf = %pf, vf, error = %e, "cannot hand the VF's rate back");
                 } else {
-                    info!(pod_id = %pod_id, pf = %v.pf, vf = v.vf, rate = %target, "VF rate handed back");
+                    info!(pod_id = %pod_id, pf = %pf, vf, rate = %target, "VF rate handed back");
                 }
             }
         }
     }
 
+    /// Hands the telemetry what the round left: every steered VF and, per PF, its line and
+    /// sum of maxima.
     fn publish(&self) {
         let rows = self
             .vfs
             .iter()
-            .map(|((_, (pod_id, _)), v)| VfRow {
+            .map(|(k, v)| VfRow {
                 pool: v.pool.clone(),
-                pf: v.pf.clone(),
-                vf: v.vf,
-                pod_id: pod_id.clone(),
+                pf: k.pf.clone(),
+                vf: k.vf,
+                pod_id: k.pod_id.clone(),
                 pod: v.pod.clone(),
                 guarantee: v.guarantee,
                 limit: v.limit,
@@ -449,258 +377,33 @@ impl Loop {
                 measured: v.measured,
             })
             .collect();
-        let pfs = self
-            .vfs
-            .values()
-            .fold(BTreeMap::new(), |mut m: BTreeMap<String, PfRow>, v| {
-                let row = m.entry(v.pf.clone()).or_insert_with(|| PfRow {
-                    pool: v.pool.clone(),
-                    line: v.line,
-                    max_sum: 0,
-                });
-                row.max_sum += if v.max == 0 { v.line } else { v.max };
-                m
+        let mut pfs: BTreeMap<String, PfRow> = BTreeMap::new();
+        for (k, v) in &self.vfs {
+            let row = pfs.entry(k.pf.clone()).or_insert_with(|| PfRow {
+                pool: v.pool.clone(),
+                line: v.line,
+                max_sum: 0,
             });
-        let mut snap = self
-            .telemetry
-            .snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        snap.vfs = rows;
-        snap.pfs = pfs;
+            row.max_sum += if v.max == 0 { v.line } else { v.max };
+        }
+        self.telemetry.publish(rows, pfs);
     }
 }
-
-#[derive(Debug, Clone)]
-struct VfRow {
-    pool: String,
-    pf: String,
-    vf: u32,
-    pod_id: String,
-    pod: String,
-    guarantee: u64,
-    limit: u64,
-    max: u64,
-    measured: Option<u64>,
-}
-
-#[derive(Debug, Clone)]
-struct PfRow {
-    pool: String,
-    line: u64,
-    max_sum: u64,
-}
-
-#[derive(Debug, Default)]
-struct Snapshot {
-    vfs: Vec<VfRow>,
-    pfs: BTreeMap<String, PfRow>,
-}
-
-/// What the controller did, as Prometheus metrics. Gauges are filled from the controller's last
-/// snapshot at scrape time, so VFs that left disappear; counters grow as things happen.
-pub struct Telemetry {
-    registry: Registry,
-    snapshot: Mutex<Snapshot>,
-    vf_gauges: [GaugeVec; 7],
-    pf_gauges: [GaugeVec; 2],
-    changes: IntCounterVec,
-    reclaims: IntCounterVec,
-    errors: IntCounterVec,
-}
-
-const NS: &str = "conrdma_conserve";
-
-impl Telemetry {
-    fn new() -> prometheus::Result<Telemetry> {
-        let registry = Registry::new();
-        let vf_labels = &["pool", "pf", "vf", "pod_id", "pod"];
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<GaugeVec> {
-            let g = GaugeVec::new(Opts::new(name, help).namespace(NS), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
-        };
-        let vf_gauges = [
-            gauge(
-                "vf_max_mbps",
-                "max_tx_rate now in force on the VF, Mbps (0: none).",
-                vf_labels,
-            )?,
-            gauge(
-                "vf_guarantee_mbps",
-                "The pod's guaranteed bandwidth, Mbps.",
-                vf_labels,
-            )?,
-            gauge(
-                "vf_limit_mbps",
-                "The pod's bandwidth limit, Mbps.",
-                vf_labels,
-            )?,
-            gauge(
-                "vf_measured_mbps",
-                "Peak transmit rate over the last decision's sample windows, Mbps.",
-                vf_labels,
-            )?,
-            gauge(
-                "vf_borrowed_mbps",
-                "How far the VF's max is above its guarantee (bandwidth on loan to it), Mbps.",
-                vf_labels,
-            )?,
-            gauge(
-                "vf_lent_mbps",
-                "How much of the VF's guarantee is lent to others, Mbps.",
-                vf_labels,
-            )?,
-            gauge(
-                "vf_steered",
-                "1 for each VF the controller steers.",
-                vf_labels,
-            )?,
-        ];
-        let pf_gauges = [
-            gauge(
-                "pf_line_mbps",
-                "Line rate of a PF with steered VFs, Mbps.",
-                &["pool", "pf"],
-            )?,
-            gauge(
-                "pf_max_sum_mbps",
-                "Sum of the max rates of its steered VFs (a VF without one counts at the line rate), Mbps.",
-                &["pool", "pf"],
-            )?,
-        ];
-        Ok(Telemetry {
-            changes: counter(
-                "rate_changes_total",
-                "Max rates the controller changed.",
-                &["pf"],
-            )?,
-            reclaims: counter(
-                "early_decisions_total",
-                "Decisions taken before the interval was up because a lender ran at its cap.",
-                &["pf"],
-            )?,
-            errors: counter(
-                "limiter_errors_total",
-                "Failed limiter calls, by operation.",
-                &["op"],
-            )?,
-            vf_gauges,
-            pf_gauges,
-            snapshot: Mutex::new(Snapshot::default()),
-            registry,
-        })
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        for g in self.vf_gauges.iter().chain(&self.pf_gauges) {
-            g.reset();
-        }
-        for r in &snap.vfs {
-            let vf = r.vf.to_string();
-            let labels = [
-                r.pool.as_str(),
-                r.pf.as_str(),
-                vf.as_str(),
-                r.pod_id.as_str(),
-                r.pod.as_str(),
-            ];
-            let values = [
-                r.max,
-                r.guarantee,
-                r.limit,
-                r.measured.unwrap_or(0),
-                r.max.saturating_sub(r.guarantee),
-                if r.max == 0 {
-                    0
-                } else {
-                    r.guarantee.saturating_sub(r.max)
-                },
-                1,
-            ];
-            for (g, v) in self.vf_gauges.iter().zip(values) {
-                g.with_label_values(&labels).set(v as f64);
-            }
-        }
-        for (pf, r) in &snap.pfs {
-            let labels = [r.pool.as_str(), pf.as_str()];
-            self.pf_gauges[0]
-                .with_label_values(&labels)
-                .set(r.line as f64);
-            self.pf_gauges[1]
-                .with_label_values(&labels)
-                .set(r.max_sum as f64);
-        }
-        drop(snap);
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            warn!(error = %e, "encoding metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-/// Binds `addr` for `/metrics` (fails at once, so a taken port stops the daemon's start). Needs
-/// the tokio runtime's context, as for any tokio socket.
-pub fn bind_metrics(addr: SocketAddr) -> Result<tokio::net::TcpListener, PluginError> {
-    let fail =
-        |e: std::io::Error| PluginError::Setup(format!("cannot listen for metrics on {addr}: {e}"));
-    // Bound synchronously: NRI Configure, which binds it in pre-launched mode, is not async.
-    let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
-    listener.set_nonblocking(true).map_err(fail)?;
-    tokio::net::TcpListener::from_std(listener).map_err(fail)
-}
-
-/// Serves `GET /metrics` on `listener` in the background.
-pub fn serve_metrics(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>) {
-    use axum::http::header;
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let t = telemetry.clone();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    t.render(),
-                )
-            }
-        }),
-    );
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving metrics at /metrics");
-    }
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "metrics server stopped");
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Mutex;
 
     use conrdma_api::{AllocationRecord, Request};
     use conrdma_node::ledger::PodRef;
-    use conrdma_node::limiter::SimulatedLimiter;
+    use conrdma_node::limiter::{Applied, SimulatedLimiter, VfCounters};
     use conrdma_node::simulate::{build, SimOptions};
 
     use super::*;
 
     struct Bench {
         _dir: tempfile::TempDir,
-        root: PathBuf,
         node: Arc<NodeState>,
         lim: SimulatedLimiter,
         ctl: Loop,
@@ -713,6 +416,14 @@ mod tests {
 
     impl Bench {
         fn new(cfg: &str) -> Bench {
+            Bench::with_limiter(cfg, |_| None)
+        }
+
+        /// A bench whose node uses the limiter `given` returns for the NIC's root, if any.
+        fn with_limiter(
+            cfg: &str,
+            given: impl FnOnce(&Path) -> Option<Arc<dyn RateLimiter>>,
+        ) -> Bench {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("nic");
             build(
@@ -725,16 +436,15 @@ mod tests {
             )
             .unwrap();
             let cfg = NodeConfig::from_toml(cfg, "test").unwrap();
-            let node = Arc::new(NodeState::open(&root, &dir.path().join("state"), cfg).unwrap());
-            let ctl = Loop::new(
-                node.clone(),
-                root.clone(),
-                Arc::new(Telemetry::new().unwrap()),
-            );
+            let mut node = NodeState::open(&root, &dir.path().join("state"), cfg).unwrap();
+            if let Some(limiter) = given(&root) {
+                node = node.with_limiter(limiter);
+            }
+            let node = Arc::new(node);
+            let ctl = Loop::new(node.clone(), Arc::new(Telemetry::new().unwrap()));
             Bench {
                 lim: SimulatedLimiter::new(&root),
                 _dir: dir,
-                root,
                 node,
                 ctl,
                 t0: Instant::now(),
@@ -765,12 +475,34 @@ mod tests {
             self.step += 1;
             let now = self.t0 + Duration::from_millis(250) * self.step;
             let cfg = self.node.config();
-            let lim = SimulatedLimiter::new(&self.root);
-            self.ctl.tick(&cfg, &lim, now, true);
+            self.ctl.tick(&cfg, now, true);
+        }
+
+        /// Admits pods a and c and runs 16 sample windows (four intervals) with only a sending.
+        fn a_busy_c_idle(&mut self) -> (AllocationRecord, AllocationRecord) {
+            let a = self.pod("a");
+            let c = self.pod("c");
+            for _ in 0..16 {
+                self.tick(&[a.vf]);
+            }
+            (a, c)
         }
 
         fn max(&self, vf: u32) -> u64 {
             self.lim.get("ens1f0", vf).unwrap().max_mbps
+        }
+
+        /// Both VFs have their allocation's static rate (50G guaranteed, 100G limit) and the
+        /// controller has let go of them.
+        fn assert_static(&self, vfs: [u32; 2]) {
+            for vf in vfs {
+                assert_eq!(
+                    self.lim.get("ens1f0", vf).unwrap(),
+                    VfRate::new(50_000, 100_000),
+                    "vf {vf}"
+                );
+            }
+            assert!(self.ctl.vfs.is_empty());
         }
     }
 
@@ -800,11 +532,7 @@ mod tests {
     #[test]
     fn lends_takes_back_and_hands_rates_back_when_switched_off() {
         let mut b = Bench::new(CFG);
-        let a = b.pod("a");
-        let c = b.pod("c");
-        for _ in 0..16 {
-            b.tick(&[a.vf]);
-        }
+        let (a, c) = b.a_busy_c_idle();
         assert_eq!((b.max(a.vf), b.max(c.vf)), (99_900, 100));
         assert!(sum(&b) <= 100_000);
         let text = b.ctl.telemetry.render();
@@ -824,15 +552,7 @@ mod tests {
         cfg.conserve.enabled = false;
         b.node.set_config(cfg).unwrap();
         b.tick(&[a.vf]);
-        assert_eq!(
-            b.lim.get("ens1f0", a.vf).unwrap(),
-            VfRate::new(50_000, 100_000)
-        );
-        assert_eq!(
-            b.lim.get("ens1f0", c.vf).unwrap(),
-            VfRate::new(50_000, 100_000)
-        );
-        assert!(b.ctl.vfs.is_empty());
+        b.assert_static([a.vf, c.vf]);
         assert!(!b.ctl.telemetry.render().contains("vf_max_mbps{"));
     }
 
@@ -884,11 +604,7 @@ mod tests {
     #[test]
     fn a_released_vf_is_reset_and_a_bare_one_left_to_its_runtime() {
         let mut b = Bench::new(CFG);
-        let a = b.pod("a");
-        let c = b.pod("c");
-        for _ in 0..16 {
-            b.tick(&[a.vf]);
-        }
+        let (a, c) = b.a_busy_c_idle();
         assert_eq!(b.max(c.vf), 100);
         // The runtime reset c's VF (sandbox gone) before the ledger let go of it: left alone.
         b.lim.reset("ens1f0", c.vf).unwrap();
@@ -915,19 +631,64 @@ mod tests {
         let mut b = Bench::new(
             "[[pool]]\nname = \"gold\"\npfs = [\"ens9f9\"]\n[conserve]\nenabled = true\nlimiter = \"simulated\"\npools = [\"gold\"]\n",
         );
-        let a = b.pod("a");
-        let c = b.pod("c");
-        for _ in 0..16 {
-            b.tick(&[a.vf]);
+        let (a, c) = b.a_busy_c_idle();
+        b.assert_static([a.vf, c.vf]);
+    }
+
+    /// A limiter that records every rate set and passes all calls on to the simulated NIC.
+    struct Recording {
+        nic: SimulatedLimiter,
+        sets: Mutex<Vec<(String, u32, VfRate)>>,
+    }
+
+    impl RateLimiter for Recording {
+        fn kind(&self) -> &'static str {
+            "recording"
         }
+
+        fn set(&self, pf: &str, vf: u32, rate: VfRate) -> conrdma_node::Result<Applied> {
+            self.sets.lock().unwrap().push((pf.to_string(), vf, rate));
+            self.nic.set(pf, vf, rate)
+        }
+
+        fn get(&self, pf: &str, vf: u32) -> conrdma_node::Result<VfRate> {
+            self.nic.get(pf, vf)
+        }
+
+        fn counters(&self, pf: &str, vf: u32) -> conrdma_node::Result<VfCounters> {
+            self.nic.counters(pf, vf)
+        }
+    }
+
+    #[test]
+    fn decisions_go_through_the_limiter_the_node_was_given() {
+        // Netlink as configured: the controller reaches the simulated NIC only through the
+        // limiter injected into the node (a netlink one would find no PF ens1f0).
+        let cfg = "[conserve]\nenabled = true\ninterval_ms = 1000\nlimiter = \"netlink\"\n";
+        let mut rec = None;
+        let mut b = Bench::with_limiter(cfg, |root| {
+            let r = Arc::new(Recording {
+                nic: SimulatedLimiter::new(root),
+                sets: Mutex::new(Vec::new()),
+            });
+            rec = Some(r.clone());
+            Some(r as Arc<dyn RateLimiter>)
+        });
+        let rec = rec.unwrap();
+        // The runtime's start rates (written by the bench) go straight to the NIC: not recorded.
+        let (a, c) = b.a_busy_c_idle();
+        assert_eq!((b.max(a.vf), b.max(c.vf)), (99_900, 100));
+        let sets = rec.sets.lock().unwrap().clone();
+        let last = |vf: u32| {
+            sets.iter()
+                .rev()
+                .find(|(pf, v, _)| pf == "ens1f0" && *v == vf)
+                .map(|(_, _, r)| r.max_mbps)
+        };
         assert_eq!(
-            b.lim.get("ens1f0", a.vf).unwrap(),
-            VfRate::new(50_000, 100_000)
+            (last(a.vf), last(c.vf)),
+            (Some(99_900), Some(100)),
+            "{sets:?}"
         );
-        assert_eq!(
-            b.lim.get("ens1f0", c.vf).unwrap(),
-            VfRate::new(50_000, 100_000)
-        );
-        assert!(b.ctl.vfs.is_empty());
     }
 }
