@@ -20,6 +20,17 @@ const SAMPLES: u32 = 4;
 /// How often a switched-off controller looks at the config again.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// Why a PF is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// The interval is up.
+    Regular,
+    /// Before the interval: a lender is back at its cap, or a bare VF got its rate.
+    Early,
+    /// An admission waits for room for its new VF's start maximum.
+    Admission,
+}
+
 /// What the controller keeps of one steered VF (its PF, index and pod are its [`VfKey`]).
 struct Vf {
     pool: String,
@@ -45,6 +56,8 @@ pub(super) struct Loop {
     node: Arc<NodeState>,
     telemetry: Arc<Telemetry>,
     vfs: BTreeMap<VfKey, Vf>,
+    /// VFs no longer steered whose rate is still to be handed back (on the sampling cadence).
+    leaving: Vec<(VfKey, Vf)>,
     /// One controller per PF with steered VFs.
     ctls: BTreeMap<String, Controller<VfKey>>,
     epoch: Instant,
@@ -58,6 +71,7 @@ impl Loop {
             node,
             telemetry,
             vfs: BTreeMap::new(),
+            leaving: Vec::new(),
             ctls: BTreeMap::new(),
             epoch: now,
             next_decision: now,
@@ -116,7 +130,7 @@ impl Loop {
     /// PF with a new VF (to make room for its start maximum) or a lender back at its cap.
     fn round(&mut self, cfg: &NodeConfig, lim: &dyn RateLimiter, now: Instant, sample: bool) {
         let c = &cfg.conserve;
-        if !c.enabled && self.vfs.is_empty() {
+        if !c.enabled && self.vfs.is_empty() && self.leaving.is_empty() {
             return;
         }
         let held = self.node.held();
@@ -143,7 +157,17 @@ impl Loop {
             .collect();
         for k in gone {
             if let Some(v) = self.vfs.remove(&k) {
-                self.leave(lim, &k, v, &held);
+                self.leaving.push((k, v));
+            }
+        }
+        if sample {
+            // Out of every decision from now on; handing their rates back is limiter I/O per VF
+            // (a whole PF's worth after a drain), so it waits for the sampling cadence instead
+            // of holding up an admission. A VF steered again in the meantime is left alone.
+            for (k, v) in std::mem::take(&mut self.leaving) {
+                if !current.contains_key(&k) {
+                    self.leave(lim, &k, v, &held);
+                }
             }
         }
         self.ctls
@@ -184,7 +208,7 @@ impl Loop {
         if !sample {
             // Admission waits for this: no counters, only the PFs that gained a VF.
             for pf in &due {
-                self.decide(cfg, lim, pf, now, false);
+                self.decide(cfg, lim, pf, now, Round::Admission);
             }
             self.publish();
             return;
@@ -227,7 +251,8 @@ impl Loop {
         let pfs: BTreeSet<String> = self.vfs.keys().map(|k| k.pf.clone()).collect();
         for pf in pfs {
             if regular || due.contains(&pf) {
-                self.decide(cfg, lim, &pf, now, !regular);
+                let round = if regular { Round::Regular } else { Round::Early };
+                self.decide(cfg, lim, &pf, now, round);
             }
         }
         self.publish();
@@ -240,13 +265,22 @@ impl Loop {
         lim: &dyn RateLimiter,
         pf: &str,
         now: Instant,
-        early: bool,
+        round: Round,
     ) {
+        let early = round == Round::Early;
         let tuning = cfg.conserve.tuning();
         let mut obs = Vec::new();
         let mut line = 0;
         for (k, v) in self.vfs.iter_mut().filter(|(k, _)| k.pf == pf) {
-            let read = lim.get(&k.pf, k.vf);
+            // An admission waits for this round: it reads only VFs without a known rate (the new
+            // one, and any whose runtime may have set its start rate since) and trusts what it
+            // last set on the others. A runtime's later reset of one of those (its pod leaving)
+            // makes the VF unlimited whatever is decided, and the sampling rounds read all.
+            let read = if round == Round::Admission && v.max != 0 {
+                Ok(VfRate::new(0, v.max))
+            } else {
+                lim.get(&k.pf, k.vf)
+            };
             line = line.max(v.line);
             let measured = v.meter.take_peak();
             v.measured = measured.or(v.measured);
