@@ -22,6 +22,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::errno::Errno;
 
 use super::{limiter_error, Applied, RateLimiter, VfCounters, VfRate};
 use crate::error::{ErrorClass, NodeError, Result};
@@ -99,7 +100,7 @@ impl RateLimiter for NetlinkLimiter {
         let mut note = None;
         match self.set_rate(pf, vf, rate) {
             Ok(()) => {}
-            Err(e) if e.errno == libc_errno::EINVAL && rate.min_mbps > 0 => {
+            Err(e) if e.errno == Errno::EINVAL as i32 && rate.min_mbps > 0 => {
                 // Drivers such as igb refuse any minimum: keep the ceiling, drop the guarantee.
                 let max_only = VfRate::new(0, rate.max_mbps);
                 self.set_rate(pf, vf, max_only)
@@ -135,17 +136,6 @@ impl RateLimiter for NetlinkLimiter {
     }
 }
 
-/// The errno values we name. (`libc` is not a dependency of core; these are Linux's numbers.)
-mod libc_errno {
-    pub const EPERM: i32 = 1;
-    pub const EAGAIN: i32 = 11;
-    pub const EACCES: i32 = 13;
-    pub const ENODEV: i32 = 19;
-    pub const EINVAL: i32 = 22;
-    pub const ERANGE: i32 = 34;
-    pub const EOPNOTSUPP: i32 = 95;
-}
-
 /// A kernel refusal: the positive errno and the extended-ack text, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelError {
@@ -165,18 +155,12 @@ impl KernelError {
         }
     }
 
+    /// The errno's symbolic name (`EINVAL`), as nix spells it.
     fn name(&self) -> String {
-        use libc_errno::*;
-        match self.errno {
-            EPERM => "EPERM".into(),
-            EAGAIN => "EAGAIN".into(),
-            EACCES => "EACCES".into(),
-            ENODEV => "ENODEV".into(),
-            EINVAL => "EINVAL".into(),
-            ERANGE => "ERANGE".into(),
-            EOPNOTSUPP => "EOPNOTSUPP".into(),
-            0 => "error".into(),
-            n => format!("errno {n}"),
+        match Errno::from_raw(self.errno) {
+            _ if self.errno == 0 => "error".into(),
+            Errno::UnknownErrno => format!("errno {}", self.errno),
+            e => format!("{e:?}"),
         }
     }
 
@@ -197,9 +181,9 @@ pub fn kernel_error(
     rate: Option<VfRate>,
     e: &KernelError,
 ) -> NodeError {
-    use libc_errno::*;
+    use Errno::*;
     let what = rate.map_or(String::new(), |r| format!(" {r}"));
-    let (reason, class) = match e.errno {
+    let (reason, class) = match Errno::from_raw(e.errno) {
         EOPNOTSUPP => (
             format!(
                 "{action}{what} failed ({}): the driver of {pf} has no VF rate control (not an SR-IOV PF, or its driver cannot limit VFs)",
