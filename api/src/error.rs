@@ -23,6 +23,31 @@ pub enum ErrorClass {
     Internal,
 }
 
+impl ErrorClass {
+    /// The gRPC status code ttrpc carries for this class (the numbers are gRPC's own).
+    pub fn grpc_code(self) -> i32 {
+        match self {
+            ErrorClass::InvalidInput => 3,
+            ErrorClass::NotFound => 5,
+            ErrorClass::Exhausted => 8,
+            ErrorClass::Precondition => 9,
+            ErrorClass::Internal => 13,
+            ErrorClass::Unavailable => 14,
+        }
+    }
+
+    /// The HTTP status for this class.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorClass::InvalidInput => 400,
+            ErrorClass::NotFound => 404,
+            ErrorClass::Exhausted => 409,
+            ErrorClass::Precondition | ErrorClass::Unavailable => 503,
+            ErrorClass::Internal => 500,
+        }
+    }
+}
+
 /// Bad values in what the cluster and the node exchange: annotations, rates, records.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -3,6 +3,7 @@
 
 use conrdma_api::{ApiError, ErrorClass};
 use conrdma_node::NodeError;
+use conrdma_nri::protobuf::Enum;
 use conrdma_nri::ttrpc::Code;
 use conrdma_nri::RpcError;
 
@@ -64,16 +65,9 @@ impl PluginError {
     }
 }
 
-/// One mapping of failure classes onto ttrpc codes.
+/// The ttrpc code of a failure class.
 fn class_code(class: ErrorClass) -> Code {
-    match class {
-        ErrorClass::InvalidInput => Code::INVALID_ARGUMENT,
-        ErrorClass::Exhausted => Code::RESOURCE_EXHAUSTED,
-        ErrorClass::NotFound => Code::NOT_FOUND,
-        ErrorClass::Precondition => Code::FAILED_PRECONDITION,
-        ErrorClass::Unavailable => Code::UNAVAILABLE,
-        ErrorClass::Internal => Code::INTERNAL,
-    }
+    Code::from_i32(class.grpc_code()).unwrap_or(Code::INTERNAL)
 }
 
 impl From<PluginError> for RpcError {

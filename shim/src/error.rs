@@ -3,6 +3,7 @@
 
 use conrdma_api::ErrorClass;
 use conrdma_node::NodeError;
+use protobuf::Enum;
 use ttrpc::Code;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,22 +66,29 @@ impl ShimError {
     }
 }
 
-/// The ttrpc code of a failure class: the gRPC code `ErrorClass` documents for it.
+/// The ttrpc code of a failure class.
 pub fn class_code(class: ErrorClass) -> Code {
-    use ErrorClass::*;
-    match class {
-        InvalidInput => Code::INVALID_ARGUMENT,
-        Exhausted => Code::RESOURCE_EXHAUSTED,
-        NotFound => Code::NOT_FOUND,
-        Precondition => Code::FAILED_PRECONDITION,
-        Unavailable => Code::UNAVAILABLE,
-        Internal => Code::INTERNAL,
-    }
+    Code::from_i32(class.grpc_code()).unwrap_or(Code::INTERNAL)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_failure_class_has_its_grpc_code() {
+        use ErrorClass::*;
+        for (class, code) in [
+            (InvalidInput, Code::INVALID_ARGUMENT),
+            (Exhausted, Code::RESOURCE_EXHAUSTED),
+            (NotFound, Code::NOT_FOUND),
+            (Precondition, Code::FAILED_PRECONDITION),
+            (Unavailable, Code::UNAVAILABLE),
+            (Internal, Code::INTERNAL),
+        ] {
+            assert_eq!(class_code(class), code, "{class:?}");
+        }
+    }
 
     #[test]
     fn codes() {
