@@ -50,6 +50,14 @@ pub struct Request {
     pub address: Option<String>,
 }
 
+/// Pod annotations from short keys: `("bandwidth", "10G")` becomes `rdma.conrdma.io/bandwidth`.
+pub fn annotations(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (format!("{ANNOTATION_PREFIX}{k}"), v.to_string()))
+        .collect()
+}
+
 impl Request {
     /// Whether the pod has any `rdma.conrdma.io/` key, i.e. whether it is ours to admit or refuse.
     pub fn asked_for(annotations: &HashMap<String, String>) -> bool {

@@ -1,10 +1,10 @@
 //! Admission, VF choice and durability of the ledger, with real files in a temp state dir.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use conrdma_api::allocation::RdmaCgroupLimit;
 use conrdma_api::rate::Rate;
-use conrdma_api::request::Request;
+use conrdma_api::request::{annotations, Request};
 use conrdma_node::config::NodeConfig;
 use conrdma_node::discovery::discover;
 use conrdma_node::error::ErrorClass;
@@ -37,11 +37,9 @@ fn pod(n: usize) -> PodRef {
 }
 
 fn req(pairs: &[(&str, &str)]) -> Request {
-    let a: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (format!("rdma.conrdma.io/{k}"), v.to_string()))
-        .collect();
-    Request::from_annotations(&a).unwrap().unwrap()
+    Request::from_annotations(&annotations(pairs))
+        .unwrap()
+        .unwrap()
 }
 
 #[test]

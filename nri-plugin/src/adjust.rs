@@ -103,14 +103,12 @@ fn char_device(dev: &CharDev) -> LinuxDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use conrdma_api::request::annotations;
 
     fn req(pairs: &[(&str, &str)]) -> Request {
-        let a: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (format!("rdma.conrdma.io/{k}"), v.to_string()))
-            .collect();
-        Request::from_annotations(&a).unwrap().unwrap()
+        Request::from_annotations(&annotations(pairs))
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
