@@ -80,11 +80,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("encoding the discovery result: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 fn load(config: Option<&PathBuf>) -> Result<NodeConfig, NodeError> {
     config.map_or(Ok(NodeConfig::default()), |p| NodeConfig::load(p))
 }
 
-fn run(cmd: Cmd) -> Result<(), NodeError> {
+fn run(cmd: Cmd) -> Result<(), CtlError> {
     match cmd {
         Cmd::SimulateNic {
             root,
@@ -117,12 +126,9 @@ fn run(cmd: Cmd) -> Result<(), NodeError> {
             let node = discover(&root)?;
             let inv = Inventory::build(&node, &load(config.as_ref())?);
             let out = serde_json::json!({ "node": node, "offered": inv });
+            let text = serde_json::to_string_pretty(&out)?;
             // Ignore a closed pipe (`| head`): nothing is left to tell the reader.
-            let _ = writeln!(
-                std::io::stdout(),
-                "{}",
-                serde_json::to_string_pretty(&out).unwrap_or_default()
-            );
+            let _ = writeln!(std::io::stdout(), "{text}");
         }
         Cmd::Status {
             root,

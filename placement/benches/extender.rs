@@ -11,9 +11,6 @@ use conrdma_api::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
 use conrdma_placement::extender::{host_priorities_json, ExtenderArgs};
 use conrdma_placement::store::{Settings, Store};
 use conrdma_placement::{verbs, Config};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 const NODES: usize = 5000;
@@ -61,9 +58,7 @@ fn body(names: &[String]) -> String {
 
 /// CPU time of this thread: what the work costs, whatever else the machine's cores are doing.
 fn cpu_now() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map(Duration::from)
-        .unwrap_or_default()
+    cpu_time::ThreadTime::now().as_duration()
 }
 
 fn pct(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -194,40 +189,21 @@ fn main() {
     );
 
     // Over loopback HTTP, one kept-alive connection, as kube-scheduler's client does.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let s = common::start(|_, _| {}).await;
         for r in &reports {
             common::post_node(s.addr, r).await;
         }
-        let stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let mut post = async |path: &str, body: String| -> Bytes {
-            let req = hyper::Request::post(path)
-                .header("host", "localhost")
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap();
-            sender.ready().await.unwrap();
-            let resp = sender.send_request(req).await.unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.into_body().collect().await.unwrap().to_bytes()
-        };
+        let mut conn = common::Conn::open(s.addr).await;
         let (mut both, mut filter_only) = (Vec::new(), Vec::new());
         for i in 0..400 {
             let t = Instant::now();
-            let f = post("/filter", body.clone()).await;
+            let f = conn.post("/filter", None, body.clone()).await;
             let tf = t.elapsed();
             let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
             let pbody = json!({"Pod": {"metadata": {"annotations": {"rdma.conrdma.io/bandwidth": "25Gbps"}}}, "NodeNames": v["NodeNames"]}).to_string();
             let t2 = Instant::now();
-            std::hint::black_box(post("/prioritize", pbody).await);
+            std::hint::black_box(conn.post("/prioritize", None, pbody).await);
             if i >= 50 {
                 filter_only.push(tf);
                 both.push(tf + t2.elapsed());

@@ -10,9 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conrdma_api::report::{PodId, UsageBatch, UsageReport};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 
 const CONNECTIONS: usize = 4;
 const RUN: Duration = Duration::from_secs(5);
@@ -29,24 +26,11 @@ async fn blast(
     for c in 0..CONNECTIONS {
         let (bodies, requests) = (bodies.clone(), requests.clone());
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let mut conn = common::Conn::open(addr).await;
             let mut i = c;
             while Instant::now() < deadline {
-                let req = hyper::Request::post(path)
-                    .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {}", common::TOKEN))
-                    .body(Full::new(Bytes::from(bodies[i % bodies.len()].clone())))
-                    .unwrap();
-                sender.ready().await.unwrap();
-                let resp = sender.send_request(req).await.unwrap();
-                assert_eq!(resp.status(), 200);
-                resp.into_body().collect().await.unwrap();
+                let body = bodies[i % bodies.len()].clone();
+                conn.post(path, Some(common::TOKEN), body).await;
                 requests.fetch_add(1, Ordering::Relaxed);
                 i += CONNECTIONS;
             }
@@ -60,12 +44,7 @@ async fn blast(
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let s = common::start(|_, _| {}).await;
         let nodes: Vec<String> = (0..1000)
             .map(|i| {

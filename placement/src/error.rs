@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use conrdma_api::{ApiError, ErrorClass};
+use conrdma_api::ApiError;
 
 pub type Result<T, E = PlacementError> = std::result::Result<T, E>;
 
@@ -43,15 +43,8 @@ impl PlacementError {
             PlacementError::Config { .. } | PlacementError::Tls(_) | PlacementError::Io { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            PlacementError::Api(e) => match e.class() {
-                ErrorClass::InvalidInput => StatusCode::BAD_REQUEST,
-                ErrorClass::Exhausted => StatusCode::CONFLICT,
-                ErrorClass::NotFound => StatusCode::NOT_FOUND,
-                ErrorClass::Precondition | ErrorClass::Unavailable => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            PlacementError::Api(e) => StatusCode::from_u16(e.class().http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 

@@ -17,7 +17,34 @@ use std::hash::Hasher;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::store::FxHasher;
+/// FxHash (rustc's hasher): a multiply-rotate per word, several times cheaper than SipHash on
+/// short node names. Node names come from kube-scheduler and authenticated nodes, so hash
+/// flooding is not a concern here.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// One PF as the decision needs it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //!
 //! Nodes (the NRI plugin) and shims post reports; kube-scheduler calls `/filter` and `/prioritize`
 //! with the upstream extender v1 JSON. The decision logic lives in [`store`] and is plain
-//! synchronous code, so the HTTP handlers, the benchmarks and the placement simulator all call the
-//! very same functions.
+//! synchronous code, so the HTTP handlers, the benchmarks and the placement simulator (in
+//! `conrdma-sim`) all call the very same functions.
 
 pub mod config;
 pub mod error;
@@ -12,7 +12,6 @@ mod fits;
 pub mod http;
 pub mod metrics;
 pub mod serve;
-pub mod sim;
 pub mod store;
 pub mod verbs;
 

@@ -136,23 +136,20 @@ impl Metrics {
                 .with_label_values(&[&n.node])
                 .set(if n.stale { 1.0 } else { 0.0 });
             for p in &n.pools {
-                let l = [n.node.as_str(), p.pool.as_str()];
-                self.pool_capacity
-                    .with_label_values(&l)
-                    .set(p.capacity_mbps as f64);
-                self.pool_guaranteed
-                    .with_label_values(&l)
-                    .set(p.guaranteed_mbps as f64);
-                self.pool_vfs_free
-                    .with_label_values(&l)
-                    .set(p.vfs_free as f64);
-                self.pool_pods.with_label_values(&l).set(p.pods as f64);
-                self.pool_measured
-                    .with_label_values(&[&n.node, &p.pool, "tx"])
-                    .set(p.measured_tx_mbps);
-                self.pool_measured
-                    .with_label_values(&[&n.node, &p.pool, "rx"])
-                    .set(p.measured_rx_mbps);
+                let l = [n.node.as_str(), p.report.pool.as_str()];
+                for (g, v) in [
+                    (&self.pool_capacity, p.report.capacity_mbps),
+                    (&self.pool_guaranteed, p.report.guaranteed_mbps),
+                    (&self.pool_vfs_free, p.report.vfs_free.into()),
+                    (&self.pool_pods, p.report.pods.into()),
+                ] {
+                    g.with_label_values(&l).set(v as f64);
+                }
+                for (dir, v) in [("tx", p.measured_tx_mbps), ("rx", p.measured_rx_mbps)] {
+                    self.pool_measured
+                        .with_label_values(&[&n.node, &p.report.pool, dir])
+                        .set(v);
+                }
             }
         }
         let mut buf = Vec::new();

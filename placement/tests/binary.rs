@@ -84,11 +84,12 @@ async fn serves_and_stops_on_sigterm() {
     let report = common::node_report("worker-1", vec![common::pf("ens1f0", 100, 0, 8, 8)]);
     common::post_node(addr, &report).await;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    // kill(1), as an orchestrator's stop would: the webhook's crates stay free of node syscalls.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
     let status = tokio::task::spawn_blocking(move || {
         for _ in 0..100 {
             if let Some(s) = child.try_wait().unwrap() {

@@ -251,7 +251,11 @@ impl Loop {
         let pfs: BTreeSet<String> = self.vfs.keys().map(|k| k.pf.clone()).collect();
         for pf in pfs {
             if regular || due.contains(&pf) {
-                let round = if regular { Round::Regular } else { Round::Early };
+                let round = if regular {
+                    Round::Regular
+                } else {
+                    Round::Early
+                };
                 self.decide(cfg, lim, &pf, now, round);
             }
         }

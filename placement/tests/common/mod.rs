@@ -9,6 +9,7 @@ use conrdma_api::report::{NodeReport, PfReport, PoolReport, REPORT_VERSION};
 use conrdma_placement::{Config, Running};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -36,6 +37,16 @@ pub async fn start(tune: impl FnOnce(&mut Config, &Path)) -> Server {
         .unwrap();
     let addr = running.addr;
     Server { running, addr, dir }
+}
+
+/// The runtime the benchmarks drive the server and their clients on: two workers, as many as this
+/// machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub struct Reply {
@@ -76,21 +87,9 @@ pub async fn call_auth(
     authorization: Option<String>,
     body: &str,
 ) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json");
-    if let Some(a) = authorization {
-        req = req.header("authorization", a);
-    }
+    let mut sender = handshake(addr).await;
     let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .send_request(request(method, path, authorization, body.to_string()))
         .await
         .unwrap();
     let status = resp.status().as_u16();
@@ -106,6 +105,52 @@ pub async fn call_auth(
         body: String::from_utf8_lossy(&bytes).into_owned(),
         content_type,
     }
+}
+
+/// A kept-alive connection, as kube-scheduler's client and the shims hold one (the benchmarks).
+pub struct Conn(SendRequest<Full<Bytes>>);
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        Conn(handshake(addr).await)
+    }
+
+    /// POSTs `body` to `path`, with a bearer token if given; the reply must be 200.
+    pub async fn post(&mut self, path: &str, token: Option<&str>, body: String) -> Bytes {
+        let req = request("POST", path, token.map(|t| format!("Bearer {t}")), body);
+        self.0.ready().await.unwrap();
+        let resp = self.0.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+}
+
+async fn handshake(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    // Small requests back to back: do not let Nagle hold them.
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+fn request(
+    method: &str,
+    path: &str,
+    authorization: Option<String>,
+    body: String,
+) -> hyper::Request<Full<Bytes>> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json");
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    req.body(Full::new(Bytes::from(body))).unwrap()
 }
 
 pub fn pf(

@@ -1,12 +1,13 @@
 //! `conrdma-placement-sim`: prints the placement comparison for a seeded workload (wiring only; the
-//! simulator is `conrdma_placement::sim`).
+//! simulator is `conrdma_sim::placement`).
 
 use clap::Parser;
-use conrdma_placement::sim::{compare, table, SimConfig};
 use conrdma_placement::Policy;
+use conrdma_sim::placement::{compare, table, SimConfig};
 
 /// Simulate a cluster scheduled by VF count only vs through the ConRDMA placement webhook.
 #[derive(Parser)]
+#[command(name = "conrdma-placement-sim")]
 struct Args {
     #[arg(long, default_value_t = 42)]
     seed: u64,

@@ -1,7 +1,7 @@
 //! Issue goal 6 on a fixed seed: through the webhook, at least 1.3x the pods of VF-count-only
 //! scheduling get the bandwidth they asked for, and no PF is ever over-committed.
 
-use conrdma_placement::sim::{compare, simulate, table, Mode, SimConfig};
+use conrdma_sim::placement::{compare, simulate, table, Mode, SimConfig};
 
 #[test]
 fn webhook_places_at_least_1_3x_the_pods_with_bandwidth_met_and_never_overcommits() {
