@@ -23,10 +23,11 @@ pub enum PlacementError {
     #[error("tls: {0}")]
     Tls(String),
 
-    #[error("{action} {path}: {source}")]
+    /// An I/O step of the webhook itself failed; `what` names the step and its object
+    /// (`listening on 0.0.0.0:8443`).
+    #[error("{what}: {source}")]
     Io {
-        action: &'static str,
-        path: PathBuf,
+        what: String,
         #[source]
         source: std::io::Error,
     },
@@ -61,8 +62,7 @@ impl PlacementError {
         source: std::io::Error,
     ) -> Self {
         PlacementError::Io {
-            action,
-            path: path.into(),
+            what: format!("{action} {}", path.into().display()),
             source,
         }
     }

@@ -60,10 +60,7 @@ async fn sample(cri: &Cri, image: &str, i: usize, tag: &str) -> (Duration, [Dura
 
 #[tokio::main]
 async fn main() {
-    let samples: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(30);
+    let samples = conrdma_e2e::timing::samples_arg(30);
     let work = tempfile::tempdir().expect("tempdir");
     let nic = work.path().join("nic");
     simulate_nic(&nic, 4, 16, "100G").expect("simulate-nic");

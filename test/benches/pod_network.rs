@@ -13,16 +13,17 @@ use conrdma_e2e::standin::Fabric;
 use conrdma_e2e::timing::stats;
 use conrdma_e2e::{simulate_nic, CniBridge, Containerd, ContainerdOptions, Cri, PodSpec};
 
-const CONFIG: &str = r#"
-[[pool]]
-name = "moved"
-pfs = ["ens1f0"]
-[pool.network]
-subnet = "10.77.0.0/24"
-[[pool]]
-name = "kept"
-pfs = ["ens1f1"]
-"#;
+// One pool whose VFs move into pods, one whose VFs stay on the host.
+const CONFIG: &str = concat!(
+    "[[pool]]\n",
+    "name = \"moved\"\n",
+    "pfs = [\"ens1f0\"]\n",
+    "[pool.network]\n",
+    "subnet = \"10.77.0.0/24\"\n",
+    "[[pool]]\n",
+    "name = \"kept\"\n",
+    "pfs = [\"ens1f1\"]\n",
+);
 
 /// (RunPodSandbox, CreateContainer, StartContainer) of one pod in `pool`.
 async fn sample(cri: &Cri, image: &str, i: usize, pool: &str) -> [Duration; 3] {
@@ -47,10 +48,7 @@ async fn sample(cri: &Cri, image: &str, i: usize, pool: &str) -> [Duration; 3] {
 
 #[tokio::main]
 async fn main() {
-    let samples: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(30);
+    let samples = conrdma_e2e::timing::samples_arg(30);
     let work = tempfile::tempdir().expect("tempdir");
     let nic = work.path().join("nic");
     simulate_nic(&nic, 2, 4, "100G").expect("simulate-nic");

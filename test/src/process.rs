@@ -171,10 +171,10 @@ impl ChildGuard {
     }
 
     /// Waits until `needle` appears in the log after `mark`; fails early if the child exits.
-    pub async fn wait_for_log_since(
+    pub async fn wait_for_text(
         &mut self,
-        mark: u64,
         needle: &str,
+        mark: u64,
         timeout: Duration,
     ) -> Result<String> {
         let deadline = Instant::now() + timeout;
@@ -206,7 +206,7 @@ impl ChildGuard {
 
     /// Waits until `needle` appears anywhere in the log.
     pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        self.wait_for_log_since(0, needle, timeout).await
+        self.wait_for_text(needle, 0, timeout).await
     }
 }
 

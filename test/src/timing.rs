@@ -6,6 +6,14 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The sample count a bench binary was given as its first numeric argument, else `default`.
+pub fn samples_arg(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
 /// (p50, mean, p90) of `v` in milliseconds; zeros for no samples.
 pub fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
     if v.is_empty() {

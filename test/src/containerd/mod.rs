@@ -308,7 +308,7 @@ impl Containerd {
         // containerd's log is its child's output file: the child's wait does the polling, and an
         // early exit is reported as containerd's, with its log.
         child
-            .wait_for_log_since(mark, needle, timeout)
+            .wait_for_text(needle, mark, timeout)
             .await
             .map_err(|e| match e {
                 Error::Command { status, .. } => Error::ContainerdExited {
