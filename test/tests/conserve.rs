@@ -204,6 +204,10 @@ fn metric(text: &str, name: &str, needle: &str) -> Option<f64> {
         .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
 }
 
+/// The tests here run one at a time: the reclaim is timed against one interval, and a second
+/// containerd starting beside it on a 2-core CI machine can starve the controller for longer.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -217,6 +221,7 @@ async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_guarantee_is_lent_and_taken_back_within_one_interval() {
+    let _serial = SERIAL.lock().await;
     let n = Node::start(&format!(
         "[conserve]\nenabled = true\ninterval_ms = {INTERVAL_MS}\nlimiter = \"simulated\"\n"
     ))
@@ -345,6 +350,7 @@ async fn idle_guarantee_is_lent_and_taken_back_within_one_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_left_off_are_not_touched() {
+    let _serial = SERIAL.lock().await;
     // The controller is on, but only for a pool this PF is not in.
     let n = Node::start(
         "[[pool]]\nname = \"gold\"\npfs = [\"ens9f0\"]\n[conserve]\nenabled = true\ninterval_ms = 200\nlimiter = \"simulated\"\npools = [\"gold\"]\n",
